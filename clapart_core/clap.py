@@ -1,0 +1,146 @@
+"""The global CLAP audio embedding that CLAP-ART feeds to BART's first encoder slot.
+
+Real use loads ``transformers.ClapModel`` by hub id or local directory (the paper:
+``laion/clap-htsat-fused``, 48 kHz input, 512-d projection). Offline demo and tests use a small
+randomly initialised ``ClapConfig`` of the same architecture (HTS-AT audio tower), so the code
+path is identical and only the weights differ; ``pretrained`` records which one ran.
+
+Clips longer than the feature extractor's 10 s window use its "fusion" truncation (four
+mel views, a global one and three chunks) when the checkpoint was trained with fusion; the
+chunk choice uses NumPy's global RNG inside transformers, so :meth:`ClapEncoder.embed` seeds
+that RNG per clip from the clip's id and restores it afterwards — embeddings then do not depend
+on batch composition or call order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+CLAP_SAMPLE_RATE = 48_000
+
+# A small HTS-AT: same module types as laion/clap-htsat-*, ~1 M parameters.
+RANDOM_CLAP_DEFAULTS: dict[str, Any] = {
+    "projection_dim": 512,
+    "audio": {
+        "patch_embeds_hidden_size": 32,
+        "hidden_size": 256,  # = patch_embeds_hidden_size * 2**(len(depths) - 1)
+        "depths": [1, 1, 1, 1],
+        "num_attention_heads": [1, 2, 4, 8],
+        "enable_fusion": False,
+    },
+    "text": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 1000},
+}
+
+
+class ModelNotFoundError(RuntimeError):
+    """A named pretrained model is not available (offline or wrong path)."""
+
+
+@dataclass
+class ClapEncoder:
+    """A CLAP audio tower plus its feature extractor.
+
+    Attributes:
+        model: ``transformers.ClapModel`` in eval mode.
+        feature_extractor: ``ClapFeatureExtractor`` (48 kHz, 64 mel bins, 10 s window).
+        name: hub id / path, or ``"random"``.
+        pretrained: ``False`` for the seeded random model.
+    """
+
+    model: Any
+    feature_extractor: Any
+    name: str
+    pretrained: bool
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.projection_dim)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.feature_extractor.sampling_rate)
+
+    @torch.inference_mode()
+    def embed(self, waves: Sequence[np.ndarray], clip_ids: Sequence[str]) -> np.ndarray:
+        """Embed clips: list of ``[S_i]`` float32 mono at 48 kHz -> ``[B, E]`` float32, L2-normalised."""
+        feats, longer = [], []
+        state = np.random.get_state()
+        try:
+            for wave, clip_id in zip(waves, clip_ids, strict=True):
+                np.random.seed(zlib.crc32(clip_id.encode()))  # see module docstring
+                out = self.feature_extractor(
+                    np.asarray(wave, dtype=np.float32), sampling_rate=self.sample_rate, return_tensors="pt"
+                )
+                feats.append(out["input_features"])
+                longer.append(out["is_longer"])
+        finally:
+            np.random.set_state(state)
+        device = next(self.model.parameters()).device
+        out = self.model.get_audio_features(
+            input_features=torch.cat(feats).to(device), is_longer=torch.cat(longer).to(device)
+        )
+        # transformers >= 5 returns a ModelOutput whose pooler_output is the normalised projection
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        emb = torch.nn.functional.normalize(emb.float(), dim=-1)
+        return emb.cpu().numpy()
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for k, v in (overrides or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def random_clap(overrides: dict[str, Any] | None = None, seed: int = 0) -> ClapEncoder:
+    """A seeded, randomly initialised ``ClapModel`` of the real architecture at a small size."""
+    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+
+    cfg = _merge(RANDOM_CLAP_DEFAULTS, overrides)
+    config = ClapConfig(
+        audio_config=ClapAudioConfig(projection_dim=cfg["projection_dim"], **cfg["audio"]).to_dict(),
+        text_config=ClapTextConfig(projection_dim=cfg["projection_dim"], **cfg["text"]).to_dict(),
+        projection_dim=cfg["projection_dim"],
+    )
+    # fork_rng keeps the caller's global torch RNG untouched while init uses the seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ClapModel(config).eval()
+    fusion = bool(cfg["audio"].get("enable_fusion", False))
+    fe = ClapFeatureExtractor(truncation="fusion" if fusion else "rand_trunc")
+    return ClapEncoder(model, fe, "random", pretrained=False)
+
+
+def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEncoder:
+    """Load a pretrained ``ClapModel`` + feature extractor by hub id or local directory."""
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    try:
+        model = ClapModel.from_pretrained(name_or_path).eval().to(device)
+        fe = ClapFeatureExtractor.from_pretrained(name_or_path)
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"CLAP model {name_or_path!r} is not available here (offline or not a model directory): "
+            f"on a machine with internet run `huggingface-cli download {name_or_path}` "
+            "(or set clap.checkpoint to a local directory holding config.json and the weights)."
+        ) from err
+    return ClapEncoder(model, fe, name_or_path, pretrained=True)
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Short SHA-256 of all parameters: records in artifacts exactly which weights ran."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,190 @@
+"""Residual vector quantisation of BEATs patch features (the "ART" in CLAP-ART).
+
+CLAP-ART turns each BEATs patch feature ``x ∈ R^D`` into ``N`` discrete codes with a residual
+quantiser whose ``L`` codebooks (``L × K × D``) are fitted by k-means on training-set features:
+layer ``l`` is fitted on what layers ``1..l-1`` leave over, and encoding is greedy
+(nearest centroid per layer, then subtract it).
+
+Because fitting and encoding are both greedy, layer ``l`` never depends on layers ``> l``:
+the first ``k`` codebooks of a seeded ``L``-layer fit *are* the ``k``-layer fit (each layer gets
+its own seed ``seed + l``, independent of ``L``), and the first ``k`` codes of an ``L``-layer
+encoding are the ``k``-layer encoding. The pipeline relies on this: ``codebooks`` fits
+``rvq.max_layers`` once and ``tokenize`` keeps the first ``rvq.layers``.
+
+Shapes: ``x [..., D] -> codes [..., N]`` with ``N <= L``; ``codes [..., N] -> x̂ [..., D]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class KMeansConfig:
+    """FAISS k-means settings for one codebook layer.
+
+    ``niter`` Lloyd iterations; ``seed`` is offset by the layer index so that layer ``l``'s fit
+    is the same whatever the total number of layers.
+    """
+
+    niter: int = 20
+    seed: int = 1115
+    gpu: bool = False
+
+
+def fit_residual_codebooks(
+    x: np.ndarray, num_layers: int, codebook_size: int, config: KMeansConfig = KMeansConfig()
+) -> np.ndarray:
+    """Fit ``num_layers`` residual k-means codebooks on a sample of features.
+
+    Args:
+        x: ``[M, D]`` float32 training features (the sample; it is not modified).
+        num_layers: ``L``, number of residual layers.
+        codebook_size: ``K``, centroids per layer.
+        config: k-means iterations, seed, GPU switch.
+
+    Returns:
+        ``[L, K, D]`` float32 codebooks.
+    """
+    import faiss  # imported lazily: only the codebooks stage and benchmarks need it
+
+    if x.ndim != 2:
+        raise ValueError(f"expected [M, D] features, got shape {x.shape}")
+    m, d = x.shape
+    if m < codebook_size:
+        raise ValueError(
+            f"cannot fit {codebook_size} centroids on {m} feature frames: "
+            "lower rvq.codebook_size or use more training audio"
+        )
+    residual = np.ascontiguousarray(x, dtype=np.float32).copy()
+    codebooks = np.empty((num_layers, codebook_size, d), dtype=np.float32)
+    for layer in range(num_layers):
+        kmeans = faiss.Kmeans(
+            d,
+            codebook_size,
+            niter=config.niter,
+            seed=config.seed + layer,
+            # FAISS silently subsamples to 256 points per centroid unless told otherwise; the
+            # sample size is already capped by the caller (rvq.kmeans.max_samples), so use it all.
+            max_points_per_centroid=max(256, math.ceil(m / codebook_size)),
+            gpu=config.gpu,
+            verbose=False,
+        )
+        kmeans.train(residual)
+        codebooks[layer] = kmeans.centroids
+        codes = nearest(torch.from_numpy(residual), torch.from_numpy(codebooks[layer]))
+        residual -= codebooks[layer][codes.numpy()]
+        log.info(
+            "rvq layer %d/%d: relative residual energy %.4f",
+            layer + 1,
+            num_layers,
+            float((residual.astype(np.float64) ** 2).sum() / (x.astype(np.float64) ** 2).sum()),
+        )
+    return codebooks
+
+
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Index of the nearest centroid (squared L2) for each row.
+
+    Uses ``argmin ‖c‖² − 2 x·c`` (``‖x‖²`` is constant per row), one GEMM per chunk of rows.
+    Ties go to the lowest index (``torch.argmin`` semantics).
+
+    Args:
+        x: ``[M, D]`` float32.
+        centroids: ``[K, D]`` float32.
+    Returns:
+        ``[M]`` int64.
+    """
+    c_sq = (centroids * centroids).sum(dim=1)  # [K]
+    out = torch.empty(x.shape[0], dtype=torch.long)
+    for start in range(0, x.shape[0], chunk):
+        block = x[start : start + chunk]
+        # addmm fuses the scale and the bias add: c_sq - 2 x c^T
+        dist = torch.addmm(c_sq, block, centroids.T, beta=1.0, alpha=-2.0)
+        out[start : start + chunk] = dist.argmin(dim=1)
+    return out
+
+
+class ResidualVQ:
+    """Greedy residual quantiser over fixed codebooks.
+
+    Args:
+        codebooks: ``[L, K, D]`` float32 (e.g. from :func:`fit_residual_codebooks`).
+        num_layers: ``N <= L`` layers to use; defaults to all.
+    """
+
+    def __init__(self, codebooks: np.ndarray | torch.Tensor, num_layers: int | None = None) -> None:
+        cb = torch.as_tensor(np.asarray(codebooks, dtype=np.float32))
+        if cb.ndim != 3:
+            raise ValueError(f"codebooks must be [L, K, D], got shape {tuple(cb.shape)}")
+        n = cb.shape[0] if num_layers is None else num_layers
+        if not 1 <= n <= cb.shape[0]:
+            raise ValueError(f"num_layers={n} but the codebook file holds {cb.shape[0]} layers")
+        self.codebooks = cb[:n].contiguous()  # [N, K, D]
+
+    @property
+    def num_layers(self) -> int:
+        return self.codebooks.shape[0]
+
+    @property
+    def codebook_size(self) -> int:
+        return self.codebooks.shape[1]
+
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``[..., D]`` float -> ``[..., N]`` int64 codes."""
+        x = torch.as_tensor(x, dtype=torch.float32)
+        lead, d = x.shape[:-1], x.shape[-1]
+        residual = x.reshape(-1, d).clone()
+        codes = torch.empty(residual.shape[0], self.num_layers, dtype=torch.long)
+        for layer, cb in enumerate(self.codebooks):
+            idx = nearest(residual, cb)
+            codes[:, layer] = idx
+            residual -= cb[idx]
+        return codes.reshape(*lead, self.num_layers)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``[..., n]`` codes (``n <= N``) -> ``[..., D]`` float32 reconstruction."""
+        codes = torch.as_tensor(np.asarray(codes), dtype=torch.long)
+        out = torch.zeros(*codes.shape[:-1], self.codebooks.shape[2])
+        for layer in range(codes.shape[-1]):
+            out += self.codebooks[layer][codes[..., layer]]
+        return out
+
+
+def quantisation_report(x: np.ndarray, codebooks: np.ndarray) -> list[dict[str, float]]:
+    """Per-layer quality of a residual fit on features ``x [M, D]``.
+
+    For each depth ``l = 1..L``: ``relative_error`` = ‖x − x̂_l‖² / ‖x‖² (summed over rows) and
+    ``perplexity`` = exp(entropy) of layer ``l``'s code histogram (``K`` = all codes used evenly,
+    1 = collapse), plus ``used`` = fraction of codes used at least once.
+    """
+    rvq = ResidualVQ(codebooks)
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    codes = rvq.encode(xt)
+    energy = float((xt.double() ** 2).sum())
+    recon = torch.zeros_like(xt)
+    report = []
+    for layer in range(rvq.num_layers):
+        recon += rvq.codebooks[layer][codes[:, layer]]
+        err = float(((xt - recon).double() ** 2).sum()) / max(energy, 1e-30)
+        counts = torch.bincount(codes[:, layer], minlength=rvq.codebook_size).double()
+        p = counts / counts.sum()
+        entropy = float(-(p[p > 0] * p[p > 0].log()).sum())
+        report.append(
+            {
+                "layer": layer + 1,
+                "relative_error": err,
+                "perplexity": math.exp(entropy),
+                "used": float((counts > 0).double().mean()),
+            }
+        )
+    return report
