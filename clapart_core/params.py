@@ -29,3 +29,11 @@ def resolve_device(name: str) -> str:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} was requested but no CUDA GPU is visible to torch")
     return name
+
+
+def start_stage(name: str, path: Path | str = "params.yaml") -> dict[str, Any]:
+    """Common start of every ``stages/*.py``: log to stderr with timestamps, return the params."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return load_params(path)

@@ -16,9 +16,15 @@ Shapes: ``x [..., D] -> codes [..., N]`` with ``N <= L``; ``codes [..., N] -> xÌ
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import math
+import os
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,3 +194,31 @@ def quantisation_report(x: np.ndarray, codebooks: np.ndarray) -> list[dict[str, 
             }
         )
     return report
+
+
+def save_codebooks(path: Path | str, codebooks: np.ndarray, **meta: Any) -> None:
+    """Write ``rvq.npz``: ``codebooks [L, K, D] float32`` plus scalar fit metadata.
+
+    The zip entries get a fixed timestamp (``np.savez`` stamps the current time), so the same
+    fit always yields the same bytes and DVC sees an unchanged output after a rerun.
+    Written to a temporary name and renamed, so a killed stage leaves no complete-looking file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"codebooks": np.ascontiguousarray(codebooks, dtype=np.float32), "meta": np.array(json.dumps(meta, sort_keys=True))}
+    tmp = path.with_name(path.name + ".partial")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, array in arrays.items():
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, array, allow_pickle=False)
+            zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
+    os.replace(tmp, path)
+
+
+def load_codebooks(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read ``rvq.npz`` -> (``[L, K, D]`` float32 codebooks, fit metadata)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the codebooks stage first")
+    with np.load(path, allow_pickle=False) as f:
+        return f["codebooks"], json.loads(str(f["meta"]))

@@ -60,3 +60,15 @@ def test_bad_requests_are_clear():
         ResidualVQ(np.zeros((2, 4, 3), np.float32), num_layers=3)
     with pytest.raises(ValueError, match="cannot fit 64 centroids on 10"):
         fit_residual_codebooks(np.zeros((10, 3), np.float32), 1, 64)
+
+
+def test_codebook_file_is_byte_stable(tmp_path):
+    from clapart_core.rvq import load_codebooks, save_codebooks
+
+    cb = np.random.default_rng(0).standard_normal((3, 8, 4)).astype(np.float32)
+    save_codebooks(tmp_path / "a.npz", cb, seed=1, sample_size=100)
+    save_codebooks(tmp_path / "b.npz", cb, seed=1, sample_size=100)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    got, meta = load_codebooks(tmp_path / "a.npz")
+    np.testing.assert_array_equal(got, cb)
+    assert meta == {"seed": 1, "sample_size": 100}
