@@ -14,7 +14,6 @@ on batch composition or call order.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zlib
 from collections.abc import Sequence
@@ -135,12 +134,3 @@ def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEnco
             "(or set clap.checkpoint to a local directory holding config.json and the weights)."
         ) from err
     return ClapEncoder(model, fe, name_or_path, pretrained=True)
-
-
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """Short SHA-256 of all parameters: records in artifacts exactly which weights ran."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

@@ -23,17 +23,24 @@ with file metadata (``clapart.*`` keys) naming the codebook file and ``rvq.layer
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import torch
+
+
+SPLITS = ("train", "val", "test")
 
 
 def partial_path(path: Path) -> Path:
@@ -298,3 +305,12 @@ def read_tokens(path: Path | str) -> TokenTable:
     bounds = np.concatenate([[0], np.cumsum(frame_counts)]) * n
     codes = [values[bounds[i] : bounds[i + 1]].reshape(-1, n) for i in range(len(frame_counts))]
     return TokenTable(table.column("clip_id").to_pylist(), codes, meta)
+
+
+def model_fingerprint(model: "torch.nn.Module") -> str:
+    """Short SHA-256 of all parameters: records in artifacts exactly which weights ran."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

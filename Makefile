@@ -1,0 +1,32 @@
+# Two entry points, both of which install first (idempotently) into ./.venv:
+#   make demo   install, then run the whole pipeline offline on the synthetic demo corpus
+#   make test   install, then run the test suite
+# TORCH is installed first and pinned so that pip never resolves an unpinned torch to a
+# multi-GB CUDA build on a CPU machine; override it for a GPU machine, e.g. TORCH=torch==2.13.0
+# with your CUDA index configured, and EXTRAS=gpu,test for faiss-gpu.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+EXTRAS ?= cpu,test
+BIN := $(VENV)/bin
+
+.PHONY: install demo test bench clean-demo
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	$(BIN)/python -m clapart_core.metrics_assets --setup
+	touch $@
+
+demo: install
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/clapart bench

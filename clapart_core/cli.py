@@ -1,0 +1,93 @@
+"""The ``clapart`` command line.
+
+Stage commands (``clapart corpus``, ``clapart decode``, …) run the same ``stages/*.py`` files that
+``dvc repro`` runs, from the project root; use them to run one stage by hand. ``caption``
+captions your own audio files with a trained model directory, ``evaluate`` scores a caption file,
+``bench`` runs the benchmarks.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
+
+STAGES = {
+    "corpus": "Build data/corpus/manifest.parquet (generates the demo corpus for data.source=demo).",
+    "decode": "Decode every clip to mono PCM at the encoders' sample rates (data/audio).",
+    "features": "Extract BEATs patch features per split (data/features/beats).",
+    "clap": "Extract the global CLAP audio embedding per clip (data/features/clap).",
+    "codebooks": "Fit the residual k-means codebooks on training features (data/codebooks/rvq.npz).",
+    "tokenize": "Quantise features with the first rvq.layers codebooks (data/tokens).",
+    "train": "Train the BART captioner (data/model, dvclive).",
+    "score": "Caption the test split and score it (data/predictions, metrics/scores.json).",
+}
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    def run() -> None:
+        script = Path("stages") / f"{name}.py"
+        if not script.is_file():
+            raise typer.BadParameter(f"{script} not found: run stage commands from the clapart project root (the folder with dvc.yaml)")
+        sys.argv = [str(script)]
+        runpy.run_path(str(script), run_name="__main__")
+
+    app.command(name, help=help_text)(run)
+
+
+for _name, _help in STAGES.items():
+    _stage_command(_name, _help)
+
+
+@app.command()
+def caption(
+    audio: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/mp3; any rate; mono or stereo).")],
+    model: Annotated[Path, typer.Option(help="Trained model directory (the train stage's data/model).")] = Path("data/model"),
+    num_beams: Annotated[int, typer.Option(help="Beam size.")] = 4,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Caption your own audio files with a trained model."""
+    from clapart_core.inference import CaptionPipeline
+
+    pipe = CaptionPipeline.from_model_dir(model, device=device)
+    for path, text in zip(audio, pipe.caption_files(audio, num_beams=num_beams), strict=True):
+        typer.echo(f"{path}\t{text}")
+
+
+@app.command()
+def evaluate(
+    predictions: Annotated[Path, typer.Option(help="CSV with file_name, caption_predicted.")],
+    references: Annotated[Path, typer.Option(help="Clotho-style CSV: file_name, caption_1..caption_5.")],
+    out: Annotated[Optional[Path], typer.Option(help="Where to write the scores as JSON.")] = None,
+) -> None:
+    """Score any caption file against references with the DCASE metrics."""
+    from clapart_core.metrics import ScoringInputError, evaluate_files
+
+    try:
+        scores = evaluate_files(predictions, references, out)
+    except ScoringInputError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(scores, indent=2))
+
+
+@app.command()
+def bench(quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False) -> None:
+    """Run the benchmarks and print one line per figure with its ratio to the in-run baseline."""
+    bench_dir = Path(__file__).resolve().parent.parent / "bench"
+    if not bench_dir.is_dir():
+        raise typer.BadParameter(f"{bench_dir} not found: benchmarks run from a source checkout")
+    sys.path.insert(0, str(bench_dir.parent))
+    from bench.run import main
+
+    main(quick=quick)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,125 @@
+"""Stage bodies that turn decoded audio into encoder outputs: BEATs patch features and CLAP
+embeddings, plus the frame sampling the codebook fit uses. Each function streams clip by clip
+(memory does not grow with the corpus) and writes one ragged HDF5 file
+(:mod:`clapart_core.storage`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clapart_core.decoded_audio import read_batch, read_clip
+from clapart_core.storage import RaggedReader, RaggedWriter
+
+log = logging.getLogger(__name__)
+
+BEATS_SAMPLE_RATE = 16_000
+
+
+def length_buckets(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Group clip indices into batches of similar length (sorted, stable), so padding is small."""
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def extract_beats_features(
+    model: torch.nn.Module,
+    audio_h5: Path,
+    out_h5: Path,
+    *,
+    batch_size: int,
+    device: str = "cpu",
+    bf16: bool = False,
+    attrs: dict[str, Any] | None = None,
+) -> int:
+    """BEATs patch features for every clip of one split: ``[S] -> [T, D]`` fp16, ``T = 8·⌊F/16⌋``.
+
+    Clips are batched by length; each clip keeps only its own valid patches, so its features
+    equal the clip run alone (the encoder masks per clip, see :mod:`clapart_core.beats`).
+    Clips shorter than one patch (0.175 s) get ``T = 0`` rows.
+    """
+    from clapart_core.beats import num_patches
+
+    reader = RaggedReader(audio_h5)
+    lengths = np.diff(reader.offsets)
+    dim = int(model.cfg.encoder_embed_dim)
+    model = model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.startswith("cuda") else contextlib.nullcontext()
+    info = {"sample_rate": BEATS_SAMPLE_RATE, "frame_rate_hz": 100 / 16 * 8, "dtype": "float16", **(attrs or {})}
+    with reader, RaggedWriter(out_h5, (dim,), np.float16, attrs=info) as writer, torch.inference_mode(), autocast:
+        bar = tqdm(total=len(reader), desc=f"beats {Path(audio_h5).stem}", unit="clip")
+        for index in length_buckets(lengths, batch_size):
+            valid = [num_patches(int(lengths[i])) for i in index]
+            runnable = [k for k, v in enumerate(valid) if v > 0]
+            feats: dict[int, np.ndarray] = {}
+            if runnable:
+                wave, mask = read_batch(reader, index[runnable])
+                out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device))
+                out = out.float().cpu().numpy()
+                for row, k in enumerate(runnable):
+                    feats[k] = out[row, : valid[k]]
+            for k, i in enumerate(index):
+                writer.append(reader.clip_ids[i], feats.get(k, np.zeros((0, dim), np.float32)))
+            bar.update(len(index))
+        bar.close()
+    return len(lengths)
+
+
+def extract_clap_embeddings(encoder: Any, audio_h5: Path, out_h5: Path, *, batch_size: int, attrs: dict[str, Any] | None = None) -> int:
+    """CLAP audio embedding per clip: ``[S] @ 48 kHz -> [1, E]`` float32, L2-normalised."""
+    reader = RaggedReader(audio_h5)
+    if int(reader.attrs["sample_rate"]) != encoder.sample_rate:
+        raise ValueError(
+            f"{audio_h5} holds {reader.attrs['sample_rate']} Hz audio but the CLAP model needs {encoder.sample_rate} Hz: "
+            "add that rate to decode.sample_rates"
+        )
+    info = {"sample_rate": encoder.sample_rate, "dtype": "float32", "dim": encoder.dim, **(attrs or {})}
+    ids = reader.clip_ids
+    with reader, RaggedWriter(out_h5, (encoder.dim,), np.float32, attrs=info) as writer:
+        for start in tqdm(range(0, len(ids), batch_size), desc=f"clap {Path(audio_h5).stem}", unit="batch"):
+            batch = ids[start : start + batch_size]
+            waves = [read_clip(reader, c) for c in batch]
+            emb = encoder.embed(waves, batch)
+            for clip_id, e in zip(batch, emb, strict=True):
+                writer.append(clip_id, e[None, :])
+    return len(ids)
+
+
+def iter_features(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Stream ``(clip_id, [T, D] float32)`` from a features file in file order."""
+    with RaggedReader(path) as reader:
+        for clip_id, arr in reader:
+            yield clip_id, arr.astype(np.float32)
+
+
+def sample_frames(paths: Sequence[Path], max_samples: int, seed: int) -> np.ndarray:
+    """A seeded uniform sample (without replacement) of feature rows across files: ``[M, D]`` float32.
+
+    The sample is a function of (file contents, ``max_samples``, ``seed``) only.
+    """
+    readers = [RaggedReader(p) for p in paths]
+    try:
+        totals = [int(r.offsets[-1]) for r in readers]
+        total = sum(totals)
+        if total == 0:
+            raise ValueError(f"no feature frames in {[str(p) for p in paths]}")
+        rng = np.random.default_rng(seed)
+        take = np.sort(rng.choice(total, size=min(max_samples, total), replace=False))
+        parts, start = [], 0
+        for reader, n in zip(readers, totals, strict=True):
+            local = take[(take >= start) & (take < start + n)] - start
+            if len(local):
+                parts.append(reader.rows(local).astype(np.float32))
+            start += n
+        return np.concatenate(parts)
+    finally:
+        for r in readers:
+            r.close()
