@@ -36,7 +36,8 @@ def _stage_command(name: str, help_text: str) -> None:
         if not script.is_file():
             raise typer.BadParameter(f"{script} not found: run stage commands from the clapart project root (the folder with dvc.yaml)")
         sys.argv = [str(script)]
-        runpy.run_path(str(script), run_name="__main__")
+        sys.path.insert(0, str(Path.cwd()))
+        runpy.run_module(f"stages.{name}", run_name="__main__", alter_sys=True)
 
     app.command(name, help=help_text)(run)
 
