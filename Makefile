@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
-	$(BIN)/python -m clapart_core.metrics_assets --setup
+	$(BIN)/python -m clapart_core.metrics --setup
 	touch $@
 
 demo: install

