@@ -6,7 +6,6 @@ embeddings, plus the frame sampling the codebook fit uses. Each function streams
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,11 +49,11 @@ def extract_beats_features(
 
     reader = RaggedReader(audio_h5)
     lengths = np.diff(reader.offsets)
-    dim = int(model.cfg.encoder_embed_dim)
+    dim = int(model.config.encoder_embed_dim)
     model = model.to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.startswith("cuda") else contextlib.nullcontext()
+    autocast_dtype = torch.bfloat16 if bf16 else None
     info = {"sample_rate": BEATS_SAMPLE_RATE, "frame_rate_hz": 100 / 16 * 8, "dtype": "float16", **(attrs or {})}
-    with reader, RaggedWriter(out_h5, (dim,), np.float16, attrs=info) as writer, torch.inference_mode(), autocast:
+    with reader, RaggedWriter(out_h5, (dim,), np.float16, attrs=info) as writer, torch.inference_mode():
         bar = tqdm(total=len(reader), desc=f"beats {Path(audio_h5).stem}", unit="clip")
         for index in length_buckets(lengths, batch_size):
             valid = [num_patches(int(lengths[i])) for i in index]
@@ -62,7 +61,7 @@ def extract_beats_features(
             feats: dict[int, np.ndarray] = {}
             if runnable:
                 wave, mask = read_batch(reader, index[runnable])
-                out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device))
+                out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device), autocast_dtype=autocast_dtype)
                 out = out.float().cpu().numpy()
                 for row, k in enumerate(runnable):
                     feats[k] = out[row, : valid[k]]

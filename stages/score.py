@@ -1,0 +1,46 @@
+"""Stage `score`: beam-search captions for the test split -> data/predictions/{test.csv, test_per_clip.csv};
+DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json."""
+
+import csv
+from pathlib import Path
+
+import pyarrow.compute as pc
+
+from clapart_core.caption_data import load_examples
+from clapart_core.datasets import read_manifest
+from clapart_core.decoding import caption_examples, load_captioner
+from clapart_core.inference import read_frontend
+from clapart_core.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
+from clapart_core.params import start_stage
+from clapart_core.storage import read_tokens
+
+if __name__ == "__main__":
+    params = start_stage("score")
+    manifest, _ = read_manifest(Path("data/corpus/manifest.parquet"))
+    model, tokenizer = load_captioner(Path("data/model"))
+    tokens = Path("data/tokens/test.parquet")
+    test = load_examples(tokens, manifest, Path("data/features/clap/test.h5") if model.config.use_clap else None)
+    dt = params["decode_text"]
+    predictions = caption_examples(
+        model, tokenizer, test, num_beams=dt["num_beams"], max_length=dt["max_length"], no_repeat_ngram_size=dt["no_repeat_ngram_size"], batch_size=dt["batch_size"]
+    )
+    out = Path("data/predictions")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "test.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "caption_predicted"])
+        writer.writerows((ex.clip_id, text) for ex, text in zip(test, predictions, strict=True))
+    references = [list(ex.captions) for ex in test]
+    scores, per_clip = score_with_details(predictions, references, [ex.clip_id for ex in test])
+    write_per_clip_csv(per_clip, out / "test_per_clip.csv")
+    train_captions = manifest.filter(pc.equal(manifest["split"], "train")).column("captions").to_pylist()
+    baseline_caption, baseline_cider = constant_caption_baseline(train_captions, references)
+    encoder, frontend = read_tokens(tokens).metadata["encoder"], read_frontend(Path("data/model"))
+    scores.update(
+        n_clips=len(test),
+        encoder_pretrained=bool(encoder["pretrained"]),
+        clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
+        baseline_cider_d=baseline_cider,
+        baseline_caption=baseline_caption,
+    )
+    write_scores_json(scores, Path("metrics/scores.json"))
