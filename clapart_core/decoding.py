@@ -1,0 +1,82 @@
+"""Loading a trained captioner and captioning clips with the paper's beam search."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from .captioner import ClapArtForCaptioning
+from .text import load_caption_tokenizer
+from .training import CaptionExample, build_batch
+
+logger = logging.getLogger(__name__)
+
+#: files a ``train_captioner`` output directory must hold to be usable
+REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def load_captioner(model_dir: Path) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
+    """Load a captioner and its tokenizer saved by ``train_captioner`` (eval mode, CPU).
+
+    Weights are read from safetensors only, so loading never unpickles code.
+    """
+    model_dir = Path(model_dir)
+    missing = [name for name in REQUIRED_MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} is not a trained captioner directory (missing {', '.join(missing)}); run the train stage first."
+        )
+    model = ClapArtForCaptioning.from_pretrained(str(model_dir))
+    model.eval()
+    tokenizer = load_caption_tokenizer(model_dir)
+    return model, tokenizer
+
+
+def caption_examples(
+    model: ClapArtForCaptioning,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[CaptionExample],
+    *,
+    num_beams: int = 4,
+    max_length: int = 50,
+    no_repeat_ngram_size: int = 3,
+    batch_size: int = 32,
+    early_stopping: bool = True,
+) -> list[str]:
+    """Caption every example (first ``max_frames`` frames), returning captions in input order.
+
+    Examples are batched in order of length so that little padding is computed; the model's
+    device is used (move the model first to decode on GPU). ``early_stopping`` as in
+    [`ClapArtForCaptioning.generation_config_for`] (True = the official EnCLAP setting).
+    """
+    device = next(model.parameters()).device
+    max_frames = model.config.max_frames
+    order = sorted(range(len(examples)), key=lambda i: min(len(examples[i].codes), max_frames))
+    captions: list[str | None] = [None] * len(examples)
+    with tqdm(total=len(examples), desc="captioning", unit="clip") as progress:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = build_batch(
+                [examples[i] for i in chunk],
+                max_frames=max_frames,
+                use_clap=model.config.use_clap,
+                crop_generator=None,
+            ).to(device)
+            texts = model.generate_captions(
+                batch.codes,
+                batch.frame_mask,
+                batch.clap,
+                tokenizer,
+                num_beams=num_beams,
+                no_repeat_ngram_size=no_repeat_ngram_size,
+                max_length=max_length,
+                early_stopping=early_stopping,
+            )
+            for i, text in zip(chunk, texts):
+                captions[i] = text
+            progress.update(len(chunk))
+    return [c if c is not None else "" for c in captions]
