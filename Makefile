@@ -9,6 +9,8 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 EXTRAS ?= cpu,test
 BIN := $(VENV)/bin
+# dvc runs `python -m stages.NAME`: that python must be the venv's
+export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install demo test bench clean-demo
 
