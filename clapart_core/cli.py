@@ -51,13 +51,14 @@ def caption(
     audio: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/mp3; any rate; mono or stereo).")],
     model: Annotated[Path, typer.Option(help="Trained model directory (the train stage's data/model).")] = Path("data/model"),
     num_beams: Annotated[int, typer.Option(help="Beam size.")] = 4,
+    max_length: Annotated[int, typer.Option(help="Longest caption, in tokens.")] = 50,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Caption your own audio files with a trained model."""
     from clapart_core.inference import CaptionPipeline
 
     pipe = CaptionPipeline.from_model_dir(model, device=device)
-    for path, text in zip(audio, pipe.caption_files(audio, num_beams=num_beams), strict=True):
+    for path, text in zip(audio, pipe.caption_files(audio, num_beams=num_beams, max_length=max_length), strict=True):
         typer.echo(f"{path}\t{text}")
 
 

@@ -22,7 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
-    "data": {"demo": {"n_clips": 30, "clip_seconds": 2.0}},
+    "data": {"demo": {"n_clips": 30, "clip_seconds": 3.0}},
     "beats": {"random": {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}},
     "rvq": {"max_layers": 4, "codebook_size": 16, "layers": 4, "kmeans": {"niter": 4, "max_samples": 5000}},
     "model": {"vocab_size": 300, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 64},
@@ -90,7 +90,7 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
 
     stereo = np.stack([resample(mono, sr, 44100)] * 2, axis=1)
     sf.write(project / "mine.flac", stereo, 44100)
-    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), "mine.flac", "--model", "data/model", "--device", "cpu"], project)
+    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), "mine.flac", "--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"], project)
     lines = [line for line in cap.splitlines() if "\t" in line]
     assert len(lines) == 2 and all(line.split("\t", 1)[1].strip() for line in lines)
     # the pipeline's own caption of that test clip is reproduced from the raw file
