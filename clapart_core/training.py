@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from .captioner import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
+from .params import resolve_device
 from .text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -136,15 +137,6 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0 / math.sqrt(step)
     return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; ``"cpu"``/``"cuda"`` as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible")
-    return torch.device(name)
 
 
 def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int) -> list[list[int]]:
@@ -338,7 +330,7 @@ def _train(
     threads: int,
 ) -> dict:
     """The body of [`train_captioner`], run with the requested thread count."""
-    device = resolve_device(str(train_params.get("device", "auto")))
+    device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
     use_bf16 = bool(train_params.get("bf16", False)) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     torch.manual_seed(seed)  # weight init and dropout (documented global side effect)
