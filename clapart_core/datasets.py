@@ -24,16 +24,35 @@ Audio paths never leave the root: :func:`resolve_audio_path` refuses absolute pa
 The ``folder`` source is ``{root}/train.csv`` (required), ``val.csv``, ``test.csv`` (optional)
 with columns ``file_name, caption_1..caption_N`` (Clotho style, ``file_name`` relative to the
 root). ``demo`` writes :mod:`clapart_core.demo_corpus` into the root and reads it as a folder.
+
+``clotho`` and ``audiocaps`` read a root in the layout aac-datasets 0.7.0 downloads to, so a
+root prepared by ``aac-datasets-download`` (or copied from a machine that ran it) is read
+as is, without aac-datasets installed:
+
+* Clotho: ``CLOTHO_{version}/clotho_csv_files/clotho_captions_{development,validation,
+  evaluation}.csv`` (``file_name, caption_1..caption_5``) and
+  ``CLOTHO_{version}/clotho_audio_files/{development,validation,evaluation}/*.wav``,
+  mapped to train / val / test.
+* AudioCaps: ``AUDIOCAPS/csv_files_{version}/{train,val,test}.csv`` (``audiocap_id,
+  youtube_id, start_time, caption``, one caption per line) and
+  ``AUDIOCAPS/audio_{rate}Hz/{train,val,test}/{youtube_id}_{start_time}.flac``; captions are
+  grouped per file (1 per training clip, 5 per val/test clip). Clips whose video was gone
+  when it was downloaded are reported as missing audio.
+
+``download=True`` fetches the splits not yet present with aac-datasets first (the optional
+``[datasets]`` extra, imported only then).
 """
 
 from __future__ import annotations
 
 import csv
 import inspect
+import io
 import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -47,7 +66,12 @@ from clapart_core.audio import AudioDecodeError, audio_info
 from clapart_core.demo_corpus import generate_demo_corpus
 
 __all__ = [
+    "AUDIOCAPS_COLUMNS",
+    "AUDIOCAPS_VERSIONS",
     "AUDIO_EXTENSIONS",
+    "CLOTHO_CAPTION_COLUMNS",
+    "CLOTHO_SUBSETS",
+    "CLOTHO_VERSIONS",
     "MANIFEST_SCHEMA",
     "REPORT_KEY",
     "ROOT_KEY",
@@ -55,12 +79,18 @@ __all__ = [
     "SPLITS",
     "SUPPORTED_SOURCES",
     "CorpusReport",
+    "DatasetDownloadError",
     "ManifestError",
+    "audiocaps_paths",
     "build_manifest",
+    "clotho_paths",
     "corpus_report",
+    "download_corpus",
     "read_folder_corpus",
     "read_manifest",
     "resolve_audio_path",
+    "scan_audiocaps_corpus",
+    "scan_clotho_corpus",
     "scan_folder_corpus",
     "validate_manifest",
     "write_manifest",
@@ -69,7 +99,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
-SUPPORTED_SOURCES: tuple[str, ...] = ("demo", "folder")
+SUPPORTED_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".opus"})
 ROOT_KEY = b"clapart.root"
 SOURCE_KEY = b"clapart.source"
@@ -155,11 +185,12 @@ class CorpusReport:
 
 def _check_relative(rel: str, where: str) -> str:
     """Normalise a ``/``-separated relative path; raise if it is empty, absolute or uses ``..``."""
-    text = rel.strip()
-    pp = PurePosixPath(text)
-    if not text or str(pp) == ".":
+    # No stripping here: dataset file names are taken verbatim (the folder reader strips its
+    # hand-written CSV cells itself), so the checked path is the path that gets opened.
+    pp = PurePosixPath(rel)
+    if not rel.strip() or str(pp) == ".":
         raise ManifestError(f"{where}: empty audio path")
-    if pp.is_absolute() or PureWindowsPath(text).drive or ".." in pp.parts:
+    if pp.is_absolute() or PureWindowsPath(rel).drive or ".." in pp.parts:
         raise ManifestError(f"{where}: audio path {rel!r} escapes the corpus root (absolute or '..')")
     return pp.as_posix()
 
@@ -174,7 +205,7 @@ def resolve_audio_path(root: str | Path, rel: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# Folder corpus
+# Reading caption CSVs
 
 
 @dataclass(frozen=True)
@@ -186,50 +217,89 @@ class _Row:
     where: str  # "train.csv line 7" for error messages
 
 
-def _read_split_csv(csv_path: Path, split: str) -> tuple[list[_Row], int]:
-    """Parse one captions CSV; returns its rows and the number of empty captions dropped."""
-    rows: list[_Row] = []
-    dropped = 0
+def _clean_caption(text: str) -> str:
+    """Collapse runs of whitespace (CSV exports leave doubled spaces and line breaks)."""
+    return " ".join(text.split())
+
+
+def _read_csv_records(
+    csv_path: Path, *, latin1_fallback: bool = False
+) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (cells stripped) and ``(line number, cells)`` per non-blank record of a CSV.
+
+    The file is decoded as UTF-8 (a byte-order mark is ignored). With ``latin1_fallback`` a
+    file that is not valid UTF-8 is decoded as ISO-8859-1 with a warning: Clotho ships its
+    metadata CSVs in ISO-8859-1 (aac-datasets opens them that way), so a re-exported captions
+    file in that encoding is a plausible quirk, while the folder format stays strictly UTF-8.
+    """
     try:
-        fh = open(csv_path, encoding="utf-8-sig", newline="")
+        raw = csv_path.read_bytes()
     except OSError as err:
         raise ManifestError(f"{csv_path}: cannot open captions CSV ({err.strerror})") from err
-    with fh:
-        reader = csv.reader(fh)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        if not latin1_fallback:
+            raise ManifestError(f"{csv_path}: not a readable UTF-8 CSV ({err})") from err
+        log.warning("%s: not valid UTF-8 (%s); decoding it as ISO-8859-1", csv_path, err)
+        text = raw.decode("iso-8859-1")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise ManifestError(f"{csv_path}: empty CSV, expected a header row") from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise ManifestError(f"{csv_path}: not a readable UTF-8 CSV ({err})") from err
-        if "file_name" not in header:
-            raise ManifestError(f"{csv_path}: missing column 'file_name'")
-        dup = sorted({h for h in header if header.count(h) > 1})
-        if dup:
-            raise ManifestError(f"{csv_path}: duplicate column(s) {', '.join(dup)}")
-        cap_cols = sorted(
-            ((int(m.group(1)), i) for i, h in enumerate(header) if (m := _CAPTION_COL.fullmatch(h))),
-        )
-        if not cap_cols:
-            raise ManifestError(f"{csv_path}: missing column 'caption_1' (no caption_N columns)")
-        name_col = header.index("file_name")
-        try:
-            for row in reader:
-                where = f"{csv_path} line {reader.line_num}"
-                if not any(cell.strip() for cell in row):
-                    continue  # blank line
-                if len(row) != len(header):
-                    raise ManifestError(f"{where}: {len(row)} fields, header has {len(header)}")
-                rel = _check_relative(row[name_col], where)
-                caps = tuple(c for _, i in cap_cols if (c := " ".join(row[i].split())))
-                dropped += len(cap_cols) - len(caps)
-                if not caps:
-                    raise ManifestError(f"{where}: clip {rel!r} has no non-empty caption")
-                clip_id = str(PurePosixPath(rel).with_suffix(""))
-                rows.append(_Row(clip_id, split, rel, caps, where))
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise ManifestError(f"{csv_path}: not a readable UTF-8 CSV ({err})") from err
+        records = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise ManifestError(f"{csv_path}: not a readable CSV ({err})") from err
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ManifestError(f"{csv_path}: duplicate column(s) {', '.join(dup)}")
+    return header, records
+
+
+def _require_columns(csv_path: Path, header: list[str], required: tuple[str, ...]) -> dict[str, int]:
+    """Column name -> index for ``required``; one error naming every missing column."""
+    missing = [c for c in required if c not in header]
+    if missing:
+        names = ", ".join(repr(c) for c in missing)
+        raise ManifestError(f"{csv_path}: missing column(s) {names} (found: {', '.join(header) or 'none'})")
+    return {c: header.index(c) for c in required}
+
+
+def _read_split_csv(csv_path: Path, split: str) -> tuple[list[_Row], int]:
+    """Parse one ``folder`` captions CSV; returns its rows and the number of empty captions dropped."""
+    rows: list[_Row] = []
+    dropped = 0
+    header, records = _read_csv_records(csv_path)
+    if "file_name" not in header:
+        raise ManifestError(f"{csv_path}: missing column 'file_name'")
+    cap_cols = sorted(
+        ((int(m.group(1)), i) for i, h in enumerate(header) if (m := _CAPTION_COL.fullmatch(h))),
+    )
+    if not cap_cols:
+        raise ManifestError(f"{csv_path}: missing column 'caption_1' (no caption_N columns)")
+    name_col = header.index("file_name")
+    for line, row in records:
+        where = f"{csv_path} line {line}"
+        if len(row) != len(header):
+            raise ManifestError(f"{where}: {len(row)} fields, header has {len(header)}")
+        # Hand-written CSVs: stray spaces around a path are not part of the file name.
+        rel = _check_relative(row[name_col].strip(), where)
+        caps = tuple(c for _, i in cap_cols if (c := _clean_caption(row[i])))
+        dropped += len(cap_cols) - len(caps)
+        if not caps:
+            raise ManifestError(f"{where}: clip {rel!r} has no non-empty caption")
+        clip_id = str(PurePosixPath(rel).with_suffix(""))
+        rows.append(_Row(clip_id, split, rel, caps, where))
     return rows, dropped
+
+
+def _bare_file_name(name: str, where: str) -> str:
+    """A dataset CSV's file name, verbatim; it must name a file directly in the split folder."""
+    if not name.strip() or name in (".", "..") or "/" in name or "\\" in name:
+        raise ManifestError(f"{where}: {name!r} is not a plain file name")
+    return name
 
 
 def _audio_files_under(root: Path) -> list[str]:
@@ -247,6 +317,115 @@ def _audio_files_under(root: Path) -> list[str]:
 def _examples(items: list[str] | tuple[str, ...]) -> str:
     head = ", ".join(items[:5])
     return head + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+
+
+def _finish_corpus(
+    root: Path,
+    rows: list[_Row],
+    *,
+    source: str,
+    strict: bool,
+    missing_splits: tuple[str, ...] = (),
+    dropped: int = 0,
+    audio_dirs: tuple[str, ...] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[pa.Table, CorpusReport]:
+    """Shared tail of every reader: ids, presence on disk, durations, report, table.
+
+    Args:
+        root: corpus root; ``rows`` hold audio paths relative to it.
+        rows: every clip the CSVs list, in manifest order.
+        source: stored as ``clapart.source``.
+        strict: make missing, unreadable and unlisted audio files errors.
+        missing_splits: splits without a CSV (reported).
+        dropped: empty captions dropped while reading (reported).
+        audio_dirs: folders (relative to ``root``) searched for audio no CSV names; ``None``
+            searches the whole root. Dataset layouts name their split folders, so other
+            datasets sharing an aac-datasets root are not reported as unlisted.
+        extra: additional report fields.
+    """
+    seen: dict[str, _Row] = {}
+    for row in rows:
+        if row.clip_id in seen:
+            first = seen[row.clip_id]
+            raise ManifestError(
+                f"{row.where}: duplicate clip id {row.clip_id!r} "
+                f"({row.audio_path}), already at {first.where} ({first.audio_path})"
+            )
+        seen[row.clip_id] = row
+
+    kept: list[tuple[_Row, float]] = []
+    missing: list[str] = []
+    unreadable: list[str] = []
+    for row in rows:
+        path = root / row.audio_path
+        if not path.is_file():
+            missing.append(row.audio_path)
+            continue
+        try:
+            sr, _channels, frames = audio_info(path)
+        except AudioDecodeError as err:
+            unreadable.append(f"{row.audio_path} ({err.reason})")
+            continue
+        kept.append((row, frames / sr))
+
+    listed = {row.audio_path for row in rows}
+    if audio_dirs is None:
+        on_disk = _audio_files_under(root)
+    else:
+        on_disk = sorted(
+            f"{d}/{rel}" for d in audio_dirs if (root / d).is_dir() for rel in _audio_files_under(root / d)
+        )
+    unlisted = [rel for rel in on_disk if rel not in listed]
+
+    if strict:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} audio file(s) named in the CSVs are missing: {_examples(missing)}")
+        if unreadable:
+            problems.append(f"{len(unreadable)} audio file(s) are unreadable: {_examples(unreadable)}")
+        if unlisted:
+            problems.append(f"{len(unlisted)} audio file(s) are not named by any CSV: {_examples(unlisted)}")
+        if problems:
+            raise ManifestError(f"{root}: " + "; ".join(problems))
+    if not kept:
+        raise ManifestError(f"{root}: no usable clips (all {len(rows)} listed files missing or unreadable)")
+
+    per_split = {s: sum(1 for r, _ in kept if r.split == s) for s in SPLITS if s not in missing_splits}
+    # How many references each kept clip has, per split: AudioCaps train has 1, its val/test and
+    # every Clotho split 5; a surprise here means a wrong CSV, seen before any long stage.
+    caps_per_clip: dict[str, dict[str, int]] = {}
+    for r, _ in kept:
+        counts = caps_per_clip.setdefault(r.split, {})
+        counts[str(len(r.captions))] = counts.get(str(len(r.captions)), 0) + 1
+    report = CorpusReport(
+        root=str(root),
+        n_clips=len(kept),
+        clips_per_split=per_split,
+        missing_splits=missing_splits,
+        missing_audio=tuple(missing),
+        unreadable_audio=tuple(unreadable),
+        unlisted_audio=tuple(unlisted),
+        dropped_empty_captions=dropped,
+        extra={"captions_per_clip": caps_per_clip, **(extra or {})},
+    )
+    (log.warning if not report.ok or missing_splits else log.info)("%s", report.summary())
+
+    table = pa.table(
+        {
+            "clip_id": [r.clip_id for r, _ in kept],
+            "split": [r.split for r, _ in kept],
+            "audio_path": [r.audio_path for r, _ in kept],
+            "captions": [list(r.captions) for r, _ in kept],
+            "duration_s": [d for _, d in kept],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+    return _with_metadata(table, root=str(root), source=source, report=report), report
+
+
+# --------------------------------------------------------------------------------------------
+# Folder corpus
 
 
 def scan_folder_corpus(root: str | Path, *, strict: bool = False) -> tuple[pa.Table, CorpusReport]:
@@ -285,77 +464,349 @@ def scan_folder_corpus(root: str | Path, *, strict: bool = False) -> tuple[pa.Ta
         split_rows, n_dropped = _read_split_csv(csv_path, split)
         rows.extend(split_rows)
         dropped += n_dropped
-
-    seen: dict[str, _Row] = {}
-    for row in rows:
-        if row.clip_id in seen:
-            first = seen[row.clip_id]
-            raise ManifestError(
-                f"{row.where}: duplicate clip id {row.clip_id!r} "
-                f"({row.audio_path}), already at {first.where} ({first.audio_path})"
-            )
-        seen[row.clip_id] = row
-
-    kept: list[tuple[_Row, float]] = []
-    missing: list[str] = []
-    unreadable: list[str] = []
-    for row in rows:
-        path = root / row.audio_path
-        if not path.is_file():
-            missing.append(row.audio_path)
-            continue
-        try:
-            sr, _channels, frames = audio_info(path)
-        except AudioDecodeError as err:
-            unreadable.append(f"{row.audio_path} ({err.reason})")
-            continue
-        kept.append((row, frames / sr))
-
-    listed = {row.audio_path for row in rows}
-    unlisted = [rel for rel in _audio_files_under(root) if rel not in listed]
-
-    if strict:
-        problems = []
-        if missing:
-            problems.append(f"{len(missing)} audio file(s) named in the CSVs are missing: {_examples(missing)}")
-        if unreadable:
-            problems.append(f"{len(unreadable)} audio file(s) are unreadable: {_examples(unreadable)}")
-        if unlisted:
-            problems.append(f"{len(unlisted)} audio file(s) are not named by any CSV: {_examples(unlisted)}")
-        if problems:
-            raise ManifestError(f"{root}: " + "; ".join(problems))
-    if not kept:
-        raise ManifestError(f"{root}: no usable clips (all {len(rows)} listed files missing or unreadable)")
-
-    per_split = {s: sum(1 for r, _ in kept if r.split == s) for s in SPLITS if s not in missing_splits}
-    report = CorpusReport(
-        root=str(root),
-        n_clips=len(kept),
-        clips_per_split=per_split,
-        missing_splits=tuple(missing_splits),
-        missing_audio=tuple(missing),
-        unreadable_audio=tuple(unreadable),
-        unlisted_audio=tuple(unlisted),
-        dropped_empty_captions=dropped,
+    return _finish_corpus(
+        root, rows, source="folder", strict=strict, missing_splits=tuple(missing_splits), dropped=dropped
     )
-    (log.warning if not report.ok or missing_splits else log.info)("%s", report.summary())
-
-    table = pa.table(
-        {
-            "clip_id": [r.clip_id for r, _ in kept],
-            "split": [r.split for r, _ in kept],
-            "audio_path": [r.audio_path for r, _ in kept],
-            "captions": [list(r.captions) for r, _ in kept],
-            "duration_s": [d for _, d in kept],
-        },
-        schema=MANIFEST_SCHEMA,
-    )
-    return _with_metadata(table, root=str(root), source="folder", report=report), report
 
 
 def read_folder_corpus(root: str | Path, *, strict: bool = False) -> pa.Table:
     """:func:`scan_folder_corpus` without the report object (it stays in the table metadata)."""
     return scan_folder_corpus(root, strict=strict)[0]
+
+
+# --------------------------------------------------------------------------------------------
+# Clotho and AudioCaps in aac-datasets' layout (https://github.com/Labbeti/aac-datasets, 0.7.0)
+
+CLOTHO_VERSIONS: tuple[str, ...] = ("v1", "v2", "v2.1")
+AUDIOCAPS_VERSIONS: tuple[str, ...] = ("v1", "v2")
+# Our split -> (aac-datasets subset name, Clotho folder/CSV suffix). Clotho v1 has no validation.
+CLOTHO_SUBSETS: dict[str, tuple[str, str]] = {
+    "train": ("dev", "development"),
+    "val": ("val", "validation"),
+    "test": ("eval", "evaluation"),
+}
+CLOTHO_CAPTION_COLUMNS: tuple[str, ...] = tuple(f"caption_{i}" for i in range(1, 6))
+AUDIOCAPS_COLUMNS: tuple[str, ...] = ("audiocap_id", "youtube_id", "start_time", "caption")
+_AAC_DEFAULTS: dict[str, dict[str, Any]] = {
+    "clotho": {"version": "v2.1"},
+    "audiocaps": {"version": "v1", "sample_rate": 32_000, "audio_format": "flac"},
+}
+_PRETTY = {"clotho": "Clotho", "audiocaps": "AudioCaps"}
+
+
+class DatasetDownloadError(RuntimeError):
+    """A dataset could not be downloaded; the message says what to install or run instead."""
+
+
+def _clotho_splits(version: str) -> tuple[str, ...]:
+    return tuple(s for s in SPLITS if not (version == "v1" and s == "val"))
+
+
+def clotho_paths(root: str | Path, split: str, version: str = "v2.1") -> tuple[Path, Path]:
+    """``(captions CSV, audio folder)`` of one Clotho split in aac-datasets' layout.
+
+    ``{root}/CLOTHO_{version}/clotho_csv_files/clotho_captions_{development|validation|evaluation}.csv``
+    and ``{root}/CLOTHO_{version}/clotho_audio_files/{development|validation|evaluation}/``.
+    """
+    base = Path(root) / f"CLOTHO_{version}"
+    dname = CLOTHO_SUBSETS[split][1]
+    return base / "clotho_csv_files" / f"clotho_captions_{dname}.csv", base / "clotho_audio_files" / dname
+
+
+def audiocaps_paths(
+    root: str | Path, split: str, version: str = "v1", sample_rate: int = 32_000
+) -> tuple[Path, Path]:
+    """``(captions CSV, audio folder)`` of one AudioCaps split in aac-datasets' layout.
+
+    ``{root}/AUDIOCAPS/csv_files_{version}/{split}.csv`` (for v1 also the older
+    ``{root}/AUDIOCAPS/{split}.csv``, which aac-datasets still prefers when present) and
+    ``{root}/AUDIOCAPS/audio_{sample_rate}Hz/{split}/``. Our split names equal its subsets.
+    """
+    base = Path(root) / "AUDIOCAPS"
+    legacy = base / f"{split}.csv"
+    csv_path = legacy if version == "v1" and legacy.is_file() else base / f"csv_files_{version}" / f"{split}.csv"
+    return csv_path, base / f"audio_{sample_rate}Hz" / split
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _read_clotho_csv(csv_path: Path, split: str, audio_dir: str) -> tuple[list[_Row], int]:
+    """One Clotho captions CSV (``file_name, caption_1..caption_5``) -> rows and dropped count."""
+    header, records = _read_csv_records(csv_path, latin1_fallback=True)
+    cols = _require_columns(csv_path, header, ("file_name", *CLOTHO_CAPTION_COLUMNS))
+    rows: list[_Row] = []
+    dropped = 0
+    for line, row in records:
+        where = f"{csv_path} line {line}"
+        if len(row) != len(header):
+            raise ManifestError(f"{where}: {len(row)} fields, header has {len(header)}")
+        rel = _check_relative(f"{audio_dir}/{_bare_file_name(row[cols['file_name']], where)}", where)
+        caps = tuple(c for col in CLOTHO_CAPTION_COLUMNS if (c := _clean_caption(row[cols[col]])))
+        dropped += len(CLOTHO_CAPTION_COLUMNS) - len(caps)
+        if not caps:
+            raise ManifestError(f"{where}: clip {row[cols['file_name']]!r} has no non-empty caption")
+        rows.append(_Row(str(PurePosixPath(rel).with_suffix("")), split, rel, caps, where))
+    return rows, dropped
+
+
+def _read_audiocaps_csv(csv_path: Path, split: str, audio_dir: str, audio_format: str) -> tuple[list[_Row], int]:
+    """One AudioCaps CSV (one caption per line) -> one row per audio file, captions in CSV order.
+
+    The file name is aac-datasets' ``{youtube_id}_{start_time}.{audio_format}``; rows sharing
+    it are one clip (train has 1 caption per clip, val/test 5).
+    """
+    header, records = _read_csv_records(csv_path)
+    cols = _require_columns(csv_path, header, AUDIOCAPS_COLUMNS)
+    grouped: dict[str, tuple[str, list[str]]] = {}  # file name -> (first line, captions)
+    dropped = 0
+    for line, row in records:
+        where = f"{csv_path} line {line}"
+        if len(row) != len(header):
+            raise ManifestError(f"{where}: {len(row)} fields, header has {len(header)}")
+        youtube_id = row[cols["youtube_id"]].strip()
+        if not youtube_id:
+            raise ManifestError(f"{where}: empty youtube_id")
+        start = row[cols["start_time"]].strip()
+        if not start.isdigit():
+            # aac-datasets' downloader refuses these too, so no such file can exist.
+            raise ManifestError(f"{where}: start_time {start!r} is not a whole number of seconds")
+        fname = _bare_file_name(f"{youtube_id}_{int(start)}.{audio_format}", where)
+        entry = grouped.setdefault(fname, (where, []))
+        caption = _clean_caption(row[cols["caption"]])
+        if caption:
+            entry[1].append(caption)
+        else:
+            dropped += 1
+    rows: list[_Row] = []
+    for fname, (where, caps) in grouped.items():
+        if not caps:
+            raise ManifestError(f"{where}: clip {fname!r} has no non-empty caption")
+        rel = _check_relative(f"{audio_dir}/{fname}", where)
+        rows.append(_Row(str(PurePosixPath(rel).with_suffix("")), split, rel, tuple(caps), where))
+    return rows, dropped
+
+
+def _aac_layout_error(source: str, root: Path, what: Path, problem: str) -> ManifestError:
+    """One-line error for a root that is not (fully) in aac-datasets' layout."""
+    return ManifestError(
+        f"{what}: {problem}; expected {_PRETTY[source]} in aac-datasets' layout under {root} "
+        f"(set data.download: true, or run `aac-datasets-download --root {root} {source}`)"
+    )
+
+
+def scan_clotho_corpus(
+    root: str | Path, *, strict: bool = False, version: str = "v2.1"
+) -> tuple[pa.Table, CorpusReport]:
+    """Read Clotho as aac-datasets lays it out (see :func:`clotho_paths`) into a manifest.
+
+    Subsets map to splits development -> train, validation -> val, evaluation -> test (v1 has
+    no validation subset; it is reported as a missing split). Clip ids are the audio paths
+    without extension, e.g. ``CLOTHO_v2.1/clotho_audio_files/development/Rain on a roof``;
+    file names are taken verbatim (Clotho's contain spaces, commas and non-ASCII letters).
+
+    Raises:
+        ManifestError: missing root, CSV or audio folder; a CSV lacking ``file_name`` or a
+            ``caption_1..caption_5`` column; see also :func:`scan_folder_corpus`.
+    """
+    if version not in CLOTHO_VERSIONS:
+        raise ValueError(f"unknown Clotho version {version!r}; expected one of {', '.join(CLOTHO_VERSIONS)}")
+    root = Path(root)
+    if not root.is_dir():
+        raise _aac_layout_error("clotho", root, root, "corpus root is not a folder")
+    rows: list[_Row] = []
+    dropped = 0
+    audio_dirs: list[str] = []
+    for split in _clotho_splits(version):
+        csv_path, audio_dir = clotho_paths(root, split, version)
+        if not csv_path.is_file():
+            raise _aac_layout_error("clotho", root, csv_path, "missing captions CSV")
+        if not audio_dir.is_dir():
+            raise _aac_layout_error("clotho", root, audio_dir, "missing audio folder")
+        split_rows, n_dropped = _read_clotho_csv(csv_path, split, _rel(root, audio_dir))
+        rows.extend(split_rows)
+        dropped += n_dropped
+        audio_dirs.append(_rel(root, audio_dir))
+    return _finish_corpus(
+        root,
+        rows,
+        source="clotho",
+        strict=strict,
+        missing_splits=tuple(s for s in SPLITS if s not in _clotho_splits(version)),
+        dropped=dropped,
+        audio_dirs=tuple(audio_dirs),
+        extra={"dataset": "clotho", "version": version},
+    )
+
+
+def scan_audiocaps_corpus(
+    root: str | Path,
+    *,
+    strict: bool = False,
+    version: str = "v1",
+    sample_rate: int = 32_000,
+    audio_format: str = "flac",
+) -> tuple[pa.Table, CorpusReport]:
+    """Read AudioCaps as aac-datasets lays it out (see :func:`audiocaps_paths`) into a manifest.
+
+    Captions (one CSV line each) are grouped per audio file ``{youtube_id}_{start_time}.flac``.
+    Some YouTube videos are always gone, so clips missing on disk are counted in the report and
+    left out; ``strict=True`` makes them an error. Clip ids are the audio paths without
+    extension, e.g. ``AUDIOCAPS/audio_32000Hz/train/--0w1YA1Hm4_30``.
+
+    Raises:
+        ManifestError: missing root, CSV or audio folder; a CSV lacking one of
+            ``audiocap_id, youtube_id, start_time, caption``; a non-integer start time.
+    """
+    if version not in AUDIOCAPS_VERSIONS:
+        raise ValueError(f"unknown AudioCaps version {version!r}; expected one of {', '.join(AUDIOCAPS_VERSIONS)}")
+    if not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"AudioCaps sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    if f".{audio_format}".lower() not in AUDIO_EXTENSIONS:
+        raise ValueError(f"AudioCaps audio_format {audio_format!r} is not one of {', '.join(sorted(AUDIO_EXTENSIONS))}")
+    root = Path(root)
+    if not root.is_dir():
+        raise _aac_layout_error("audiocaps", root, root, "corpus root is not a folder")
+    rows: list[_Row] = []
+    dropped = 0
+    audio_dirs: list[str] = []
+    listed: dict[str, int] = {}
+    for split in SPLITS:
+        csv_path, audio_dir = audiocaps_paths(root, split, version, sample_rate)
+        if not csv_path.is_file():
+            raise _aac_layout_error("audiocaps", root, csv_path, "missing captions CSV")
+        if not audio_dir.is_dir():
+            raise _aac_layout_error("audiocaps", root, audio_dir, "missing audio folder")
+        split_rows, n_dropped = _read_audiocaps_csv(csv_path, split, _rel(root, audio_dir), audio_format)
+        rows.extend(split_rows)
+        dropped += n_dropped
+        audio_dirs.append(_rel(root, audio_dir))
+        listed[split] = len(split_rows)
+    return _finish_corpus(
+        root,
+        rows,
+        source="audiocaps",
+        strict=strict,
+        dropped=dropped,
+        audio_dirs=tuple(audio_dirs),
+        extra={"dataset": "audiocaps", "version": version, "sample_rate": sample_rate, "listed_per_split": listed},
+    )
+
+
+def _clotho_prepared(root: Path, split: str, version: str) -> bool:
+    """aac-datasets' own test: the CSV exists and the folder holds as many .wav as it lists."""
+    csv_path, audio_dir = clotho_paths(root, split, version)
+    if not (csv_path.is_file() and audio_dir.is_dir()):
+        return False
+    try:
+        _header, records = _read_csv_records(csv_path, latin1_fallback=True)
+    except ManifestError:
+        return False
+    return sum(1 for p in audio_dir.iterdir() if p.suffix.lower() == ".wav") >= len(records)
+
+
+def _audiocaps_prepared(root: Path, split: str, version: str, sample_rate: int, audio_format: str) -> bool:
+    """aac-datasets' own test: the CSV exists and the folder holds at least one audio file.
+
+    A complete AudioCaps never exists (videos disappear from YouTube), so "some audio" is the
+    only usable criterion; rerunning the download for a partial split fetches what is missing.
+    """
+    csv_path, audio_dir = audiocaps_paths(root, split, version, sample_rate)
+    return (
+        csv_path.is_file()
+        and audio_dir.is_dir()
+        and any(p.name.endswith(f".{audio_format}") for p in audio_dir.iterdir())
+    )
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())
+
+
+def download_corpus(source: str, root: str | Path, **options: Any) -> None:
+    """Download Clotho or AudioCaps into ``root`` with aac-datasets (the ``[datasets]`` extra).
+
+    Splits already in place are skipped before aac-datasets is imported, so a prepared root
+    needs neither the package nor the network (and Clotho's multi-GB archives, which
+    aac-datasets deletes after extraction, are not fetched again).
+
+    Args:
+        source: ``"clotho"`` or ``"audiocaps"``.
+        root: the aac-datasets root (created if missing).
+        options: ``version`` (both), ``sample_rate`` and ``audio_format`` (AudioCaps).
+
+    Raises:
+        DatasetDownloadError: aac-datasets (or, for AudioCaps, yt-dlp / ffmpeg) is missing, or
+            the download failed (network unreachable, bad checksum); one sentence saying what
+            to install or run.
+    """
+    if source not in _AAC_DEFAULTS:
+        raise ValueError(f"cannot download source {source!r}; downloadable sources: {', '.join(_AAC_DEFAULTS)}")
+    unknown = sorted(set(options) - set(_AAC_DEFAULTS[source]))
+    if unknown:
+        raise ValueError(f"download of {source!r} got unknown option(s) {', '.join(unknown)}")
+    opts = {**_AAC_DEFAULTS[source], **options}
+    root = Path(root)
+    pretty = _PRETTY[source]
+    if source == "clotho":
+        todo = [s for s in _clotho_splits(opts["version"]) if not _clotho_prepared(root, s, opts["version"])]
+    else:
+        todo = [
+            s for s in SPLITS
+            if not _audiocaps_prepared(root, s, opts["version"], opts["sample_rate"], opts["audio_format"])
+        ]
+    if not todo:
+        log.info("%s already in %s; nothing to download", pretty, root)
+        return
+    instead = (
+        f"or download {pretty} elsewhere with `aac-datasets-download --root ROOT {source}`, "
+        f"copy it to {root} and set data.download: false"
+    )
+    try:
+        if source == "clotho":
+            from aac_datasets.datasets.functional.clotho import download_clotho_dataset as download
+        else:
+            from aac_datasets.datasets.functional.audiocaps import download_audiocaps_dataset as download
+            from aac_datasets.utils.globals import get_default_ffmpeg_path, get_default_ytdlp_path
+    except ImportError as err:
+        raise DatasetDownloadError(
+            f"data.download: true needs the optional package aac-datasets ({_one_line(err)}); "
+            f"install it with `pip install 'clapart[datasets]'` (aac-datasets 0.7.0), {instead}"
+        ) from None
+    if source == "audiocaps":
+        tools = {"yt-dlp": get_default_ytdlp_path(), "ffmpeg": get_default_ffmpeg_path()}
+        absent = [f"{name} ({path})" for name, path in tools.items() if shutil.which(path) is None]
+        if absent:
+            raise DatasetDownloadError(
+                f"downloading AudioCaps needs {' and '.join(absent)} on PATH (or in AAC_DATASETS_YTDLP_PATH / "
+                f"AAC_DATASETS_FFMPEG_PATH); install them, {instead}"
+            )
+    root.mkdir(parents=True, exist_ok=True)
+    for split in todo:
+        log.info("downloading %s %s into %s with aac-datasets", pretty, split, root)
+        try:
+            if source == "clotho":
+                download(root=str(root), subset=CLOTHO_SUBSETS[split][0], version=opts["version"], verbose=1)
+            else:
+                download(
+                    root=str(root),
+                    subset=split,
+                    version=opts["version"],
+                    sr=opts["sample_rate"],
+                    audio_format=opts["audio_format"],
+                    verbose=1,
+                )
+        except OSError as err:  # URLError, socket and HTTP errors are all OSError
+            raise DatasetDownloadError(
+                f"downloading {pretty} {split} into {root} failed ({_one_line(err)}); check that this "
+                f"machine can reach the internet, {instead}"
+            ) from err
+        except RuntimeError as err:  # aac-datasets' checksum and extraction failures
+            raise DatasetDownloadError(
+                f"aac-datasets could not prepare {pretty} {split} in {root} ({_one_line(err)}); "
+                f"remove the partial files it names and retry, {instead}"
+            ) from err
 
 
 def _with_metadata(table: pa.Table, *, root: str, source: str, report: CorpusReport | None) -> pa.Table:
@@ -377,23 +828,34 @@ def corpus_report(table: pa.Table) -> dict[str, Any]:
 # Dispatch and (de)serialisation
 
 
-def build_manifest(source: str, root: str | Path, *, strict: bool = False, **source_options: Any) -> pa.Table:
+def build_manifest(
+    source: str, root: str | Path, *, strict: bool = False, download: bool = False, **source_options: Any
+) -> pa.Table:
     """Build the manifest table for a corpus.
 
     Args:
-        source: ``"folder"`` (an existing Clotho-style folder) or ``"demo"`` (generate the
-            synthetic corpus into ``root`` first, then read it as a folder, always strictly).
+        source: ``"folder"`` (an existing Clotho-style folder), ``"demo"`` (generate the
+            synthetic corpus into ``root`` first, then read it as a folder, always strictly),
+            ``"clotho"`` or ``"audiocaps"`` (aac-datasets' layout, see
+            :func:`scan_clotho_corpus` / :func:`scan_audiocaps_corpus`).
         root: corpus root; stored in the table metadata as given.
         strict: see :func:`scan_folder_corpus`.
+        download: ``clotho`` / ``audiocaps`` only: first fetch the splits not yet in ``root``
+            with aac-datasets (:func:`download_corpus`). Reading never needs aac-datasets.
         source_options: for ``demo``, the keyword arguments of
             :func:`clapart_core.demo_corpus.generate_demo_corpus` (``n_clips``, ``clip_seconds``,
-            ``sample_rate``, ``seed``, ``splits``); ``folder`` takes none.
+            ``sample_rate``, ``seed``, ``splits``); for ``clotho`` ``version`` (default
+            ``v2.1``); for ``audiocaps`` ``version`` (``v1``), ``sample_rate`` (32000) and
+            ``audio_format`` (``flac``); ``folder`` takes none.
 
     Raises:
         ValueError: unknown source or option.
-        ManifestError: see :func:`scan_folder_corpus`.
+        ManifestError: see :func:`scan_folder_corpus` and the dataset readers.
+        DatasetDownloadError: see :func:`download_corpus`.
     """
     root = Path(root)
+    if download and source not in _AAC_DEFAULTS:
+        raise ValueError(f"source {source!r} cannot be downloaded; download applies to {', '.join(_AAC_DEFAULTS)}")
     if source == "folder":
         if source_options:
             raise ValueError(f"source 'folder' takes no options, got {', '.join(sorted(source_options))}")
@@ -411,6 +873,17 @@ def build_manifest(source: str, root: str | Path, *, strict: bool = False, **sou
         # The generator writes exactly what the CSVs name, so any gap is a bug: read strictly.
         table = read_folder_corpus(root, strict=True)
         return _with_metadata(table, root=str(root), source="demo", report=None)
+    if source in _AAC_DEFAULTS:
+        unknown = sorted(set(source_options) - set(_AAC_DEFAULTS[source]))
+        if unknown:
+            raise ValueError(
+                f"source {source!r} got unknown option(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(_AAC_DEFAULTS[source]))}"
+            )
+        if download:
+            download_corpus(source, root, **source_options)
+        scan = scan_clotho_corpus if source == "clotho" else scan_audiocaps_corpus
+        return scan(root, strict=strict, **source_options)[0]
     raise ValueError(f"unsupported data source {source!r}; supported sources: {', '.join(SUPPORTED_SOURCES)}")
 
 

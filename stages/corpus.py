@@ -1,4 +1,4 @@
-"""Stage `corpus`: build data/corpus/manifest.parquet (generating the demo corpus into data.root first for data.source=demo)."""
+"""Stage `corpus`: build data/corpus/manifest.parquet from data.source (generating the demo corpus into data.root first for `demo`)."""
 
 from pathlib import Path
 
@@ -7,7 +7,12 @@ from clapart_core.params import start_stage
 
 if __name__ == "__main__":
     params = start_stage("corpus")
-    data = params["data"]
-    options = {"n_clips": data["demo"]["n_clips"], "clip_seconds": data["demo"]["clip_seconds"], "seed": params["seed"]} if data["source"] == "demo" else {}
-    table = build_manifest(data["source"], Path(data["root"]), strict=data["strict"], **options)
+    data, seed = params["data"], params["seed"]
+    source = data["source"]
+    if source == "demo":
+        options = {"n_clips": data["demo"]["n_clips"], "clip_seconds": data["demo"]["clip_seconds"], "seed": seed}
+    else:
+        options = dict(data.get(source) or {})
+    download = {"download": data["download"]} if source in ("clotho", "audiocaps") else {}
+    table = build_manifest(source, Path(data["root"]), strict=data["strict"], **download, **options)
     write_manifest(table, Path("data/corpus/manifest.parquet"))

@@ -149,8 +149,8 @@ def test_build_manifest_demo_and_sources(tmp_path: Path) -> None:
     assert table.schema.metadata[b"clapart.source"] == b"demo"
     # The same corpus read as a plain folder gives the same rows.
     assert read_folder_corpus(tmp_path / "demo").to_pylist() == table.to_pylist()
-    with pytest.raises(ValueError, match="supported sources: demo, folder"):
-        build_manifest("audiocaps", tmp_path)
+    with pytest.raises(ValueError, match="supported sources: demo, folder, clotho, audiocaps"):
+        build_manifest("nosuch", tmp_path)
     with pytest.raises(ValueError, match="unknown option"):
         build_manifest("demo", tmp_path / "d2", n_clip=20)
     with pytest.raises(ValueError, match="takes no options"):
