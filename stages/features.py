@@ -1,29 +1,41 @@
-"""Stage `features`: BEATs patch features per split, data/features/beats/{split}.h5 ([T, D] fp16 per clip)."""
+"""Stage `features`: the encoder outputs of encoder.type per split, in data/features/encoder/:
+beats_rvq -> BEATs patch features {split}.h5 ([T, D] fp16 per clip); beats_tokenizer / encodec ->
+their discrete codes {split}.parquet (token schema, [T, N])."""
 
 from pathlib import Path
 
-from clapart_core.beats import load_beats, random_beats
 from clapart_core.decoded_audio import audio_path
-from clapart_core.features import BEATS_SAMPLE_RATE, extract_beats_features
-from clapart_core.storage import SPLITS, model_fingerprint
 from clapart_core.params import resolve_device, start_stage
+from clapart_core.pipeline_config import BEATS_RATE, ENCODEC_RATE, read_config
+from clapart_core.storage import SPLITS, model_fingerprint
+
+OUT = Path("data/features/encoder")
 
 if __name__ == "__main__":
-    params = start_stage("features")
-    cfg = params["beats"]
-    if params["encoder"]["type"] != "beats_rvq":
-        raise SystemExit(f"encoder.type={params['encoder']['type']!r} is not supported yet; use beats_rvq")
-    model = load_beats(cfg["checkpoint"]) if cfg["checkpoint"] else random_beats(cfg["random"], seed=params["seed"])
-    # the spec lets `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
-    spec = {"checkpoint": cfg["checkpoint"], "random": cfg["random"], "seed": params["seed"]}
-    attrs = {"encoder": "beats", "spec": spec, "pretrained": bool(cfg["checkpoint"]), "weights_sha256": model_fingerprint(model)}
-    for split in SPLITS:
-        extract_beats_features(
-            model,
-            audio_path(Path("data/audio"), BEATS_SAMPLE_RATE, split),
-            Path(f"data/features/beats/{split}.h5"),
-            batch_size=cfg["batch_size"],
-            device=resolve_device(cfg["device"]),
-            bf16=cfg["bf16"],
-            attrs=attrs,
-        )
+    start_stage("features")
+    cfg = read_config("features")
+    spec, device = cfg["encoder"], resolve_device(cfg["device"])
+    if cfg["type"] == "beats_rvq":
+        from clapart_core.beats import load_beats, random_beats
+        from clapart_core.features import extract_beats_features
+
+        model = load_beats(spec["checkpoint"]) if spec["checkpoint"] else random_beats(spec["random"], seed=spec["seed"])
+        # the spec lets `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
+        attrs = {"encoder": "beats", "spec": spec, "pretrained": bool(spec["checkpoint"]), "weights_sha256": model_fingerprint(model)}
+        for split in SPLITS:
+            extract_beats_features(model, audio_path(Path("data/audio"), BEATS_RATE, split), OUT / f"{split}.h5", batch_size=cfg["batch_size"], device=device, bf16=cfg["bf16"], attrs=attrs)
+    elif cfg["type"] == "beats_tokenizer":
+        from clapart_core.beats import load_beats_tokenizer, random_beats_tokenizer
+        from clapart_core.codecs import extract_beats_tokenizer_tokens
+
+        model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
+        for split in SPLITS:
+            extract_beats_tokenizer_tokens(
+                model, audio_path(Path("data/audio"), BEATS_RATE, split), OUT / f"{split}.parquet", spec=spec, pretrained=bool(spec["checkpoint"]), batch_size=cfg["batch_size"], device=device
+            )
+    else:
+        from clapart_core.codecs import extract_encodec_tokens, load_encodec, random_encodec
+
+        encoder = load_encodec(spec["checkpoint"], device) if spec["checkpoint"] else random_encodec(spec["random"], seed=spec["seed"])
+        for split in SPLITS:
+            extract_encodec_tokens(encoder, audio_path(Path("data/audio"), ENCODEC_RATE, split), OUT / f"{split}.parquet", bandwidth=spec["bandwidth"], batch_size=cfg["batch_size"])

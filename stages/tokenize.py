@@ -1,32 +1,44 @@
-"""Stage `tokenize`: BEATs features -> codes of the first rvq.layers codebooks, data/tokens/{split}.parquet."""
+"""Stage `tokenize`: data/tokens/{split}.parquet for train/score. beats_rvq: BEATs features -> codes of
+the first rvq.layers codebooks; the discrete types: their codes as extracted (copied unchanged)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from clapart_core.features import iter_features
 from clapart_core.params import start_stage
+from clapart_core.pipeline_config import read_config
 from clapart_core.rvq import ResidualVQ, load_codebooks
-from clapart_core.storage import SPLITS, RaggedReader, write_tokens
+from clapart_core.storage import SPLITS, RaggedReader, partial_path, write_tokens
 
 CODEBOOKS = "data/codebooks/rvq.npz"
+FEATURES = Path("data/features/encoder")
+OUT = Path("data/tokens")
 
 if __name__ == "__main__":
-    params = start_stage("tokenize")
-    codebooks, fit = load_codebooks(CODEBOOKS)
-    rvq = ResidualVQ(codebooks, num_layers=params["rvq"]["layers"])
-    with RaggedReader(Path("data/features/beats/train.h5")) as feats:
-        encoder = {k: feats.attrs[k] for k in ("spec", "pretrained", "weights_sha256")}
-    meta = {
-        "num_codebooks": rvq.num_layers,
-        "codebook_size": rvq.codebook_size,
-        "rvq_layers": rvq.num_layers,
-        "codebooks_file": CODEBOOKS,
-        "codebooks_fit": fit,
-        "encoder_type": "beats_rvq",
-        "encoder": {"name": "beats", "spec": json.loads(encoder["spec"]), "pretrained": bool(encoder["pretrained"]), "weights_sha256": encoder["weights_sha256"]},
-    }
-    for split in SPLITS:
-        items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(Path(f"data/features/beats/{split}.h5")))
-        write_tokens(Path(f"data/tokens/{split}.parquet"), items, meta)
+    start_stage("tokenize")
+    cfg = read_config("tokenize")
+    OUT.mkdir(parents=True, exist_ok=True)
+    if cfg["type"] != "beats_rvq":
+        for split in SPLITS:
+            shutil.copyfile(FEATURES / f"{split}.parquet", partial_path(OUT / f"{split}.parquet"))
+            partial_path(OUT / f"{split}.parquet").replace(OUT / f"{split}.parquet")
+    else:
+        codebooks, fit = load_codebooks(CODEBOOKS)
+        rvq = ResidualVQ(codebooks, num_layers=cfg["layers"])
+        with RaggedReader(FEATURES / "train.h5") as feats:
+            encoder = {"name": "beats", "spec": json.loads(feats.attrs["spec"]), "pretrained": bool(feats.attrs["pretrained"]), "weights_sha256": feats.attrs["weights_sha256"]}
+        meta = {
+            "num_codebooks": rvq.num_layers,
+            "codebook_size": rvq.codebook_size,
+            "rvq_layers": rvq.num_layers,
+            "codebooks_file": CODEBOOKS,
+            "codebooks_fit": fit,
+            "encoder_type": "beats_rvq",
+            "encoder": encoder,
+        }
+        for split in SPLITS:
+            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(FEATURES / f"{split}.h5"))
+            write_tokens(OUT / f"{split}.parquet", items, meta)

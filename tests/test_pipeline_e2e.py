@@ -70,7 +70,7 @@ def project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_pipeline_repro_noop_and_ablation(project: Path):
     out = _run(["dvc", "repro"], project)
-    assert _ran(out) == ["corpus", "decode", "features", "clap", "codebooks", "tokenize", "train", "score"]
+    assert sorted(_ran(out)) == sorted(["corpus", "configure", "decode", "features", "clap", "codebooks", "tokenize", "train", "score"])
     scores = json.loads((project / "metrics/scores.json").read_text())
     for key in ("bleu_1", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider", "n_clips", "encoder_pretrained", "baseline_cider_d"):
         assert key in scores, key
@@ -105,9 +105,10 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
     again = _run(["dvc", "repro"], project)
     assert _ran(again) == []
 
-    # the RVQ-depth ablation reruns exactly tokenize -> train -> score
+    # the RVQ-depth ablation reruns exactly tokenize -> train -> score (plus the sub-second
+    # configure stage, which resolves which keys apply to encoder.type)
     exp = _run(["dvc", "exp", "run", "-S", "rvq.layers=2"], project)
-    assert _ran(exp) == ["tokenize", "train", "score"]
+    assert _ran(exp) == ["configure", "tokenize", "train", "score"]
     diff = _run(["dvc", "metrics", "diff", "--json"], project)
     changed = json.loads(diff)
     assert "metrics/scores.json" in changed and "cider_d" in changed["metrics/scores.json"]
@@ -118,6 +119,31 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
 
     # the CLAP ablation (paper Table 2) reruns only train -> score
     noclap = _run(["dvc", "exp", "run", "-S", "rvq.layers=4", "-S", "model.use_clap=false"], project)
-    assert set(_ran(noclap)) <= {"tokenize", "train", "score"} and "train" in _ran(noclap)
+    assert set(_ran(noclap)) <= {"configure", "tokenize", "train", "score"} and "train" in _ran(noclap)
     show = json.loads(_run(["dvc", "exp", "show", "--json"], project))
     assert show, "dvc exp show lists the experiments"
+
+
+@pytest.mark.slow
+def test_discrete_token_types_ignore_rvq_params(project: Path):
+    """encodec / beats_tokenizer runs complete, and rvq.* changes rerun nothing under them."""
+    for etype in ("encodec", "beats_tokenizer"):
+        params = yaml.safe_load((project / "params.yaml").read_text())
+        params["encoder"]["type"] = etype
+        params["model"]["use_clap"] = True
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        out = _run(["dvc", "repro"], project)
+        assert {"features", "tokenize", "train", "score"} <= set(_ran(out))
+        from clapart_core.storage import read_tokens
+
+        tokens = read_tokens(project / "data/tokens/test.parquet")
+        assert tokens.metadata["encoder_type"] == etype
+        assert tokens.num_codebooks == (1 if etype == "beats_tokenizer" else 16)
+        scores = json.loads((project / "metrics/scores.json").read_text())
+        assert scores["n_clips"] == len(tokens.clip_ids) and "cider_d" in scores
+        rvq = json.loads((project / "metrics/rvq.json").read_text())
+        assert rvq["applies"] is False
+        # rvq.* does not apply: only the sub-second configure stage runs, with identical output
+        params["rvq"]["layers"], params["rvq"]["codebook_size"] = 3, 8
+        (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        assert _ran(_run(["dvc", "repro"], project)) == ["configure"]

@@ -1,0 +1,51 @@
+"""Which settings each token stage sees, per encoder.type."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clapart_core.pipeline_config import resolve, write_configs
+
+PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+
+
+def _with(**changes: object) -> dict:
+    p = copy.deepcopy(PARAMS)
+    for key, value in changes.items():
+        section, _, leaf = key.partition("__")
+        p[section][leaf] = value
+    return p
+
+
+def test_rvq_layers_only_reaches_tokenize_under_beats_rvq():
+    a, b = resolve(_with(encoder__type="beats_rvq")), resolve(_with(encoder__type="beats_rvq", rvq__layers=8))
+    assert [k for k in a if a[k] != b[k]] == ["tokenize"]
+    c = resolve(_with(encoder__type="beats_rvq", rvq__codebook_size=64))
+    assert [k for k in a if a[k] != c[k]] == ["codebooks"]
+
+
+@pytest.mark.parametrize("etype", ["beats_tokenizer", "encodec"])
+def test_rvq_params_do_not_apply_to_discrete_types(etype):
+    a = resolve(_with(encoder__type=etype))
+    b = resolve(_with(encoder__type=etype, rvq__layers=2, rvq__codebook_size=8, rvq__max_layers=4))
+    assert a == b and a["codebooks"]["fit"] is False
+    # a BEATs (rvq type) setting does not reach the discrete encoders either
+    c = resolve(_with(encoder__type=etype, beats__batch_size=99))
+    assert a == c
+
+
+def test_decode_rates_follow_encoder():
+    assert resolve(_with(encoder__type="beats_rvq"))["decode"]["sample_rates"] == [16000, 48000]
+    assert resolve(_with(encoder__type="encodec"))["decode"]["sample_rates"] == [24000, 48000]
+    with pytest.raises(ValueError, match="encoder.type='wav2vec'"):
+        resolve(_with(encoder__type="wav2vec"))
+
+
+def test_written_configs_are_byte_stable(tmp_path):
+    write_configs(_with(encoder__type="encodec"), tmp_path)
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    write_configs(_with(encoder__type="encodec", rvq__layers=1), tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
+    assert sorted(first) == ["codebooks.json", "decode.json", "features.json", "tokenize.json"]
