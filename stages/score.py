@@ -2,6 +2,7 @@
 DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json."""
 
 import csv
+import json
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -40,6 +41,8 @@ if __name__ == "__main__":
         n_clips=len(test),
         encoder_pretrained=bool(encoder["pretrained"]),
         clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
+        bart_pretrained=bool(json.loads((Path("data/model") / "training_summary.json").read_text())["pretrained"]),
+        encoder_type=frontend["encoder_type"],
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,
     )
