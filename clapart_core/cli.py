@@ -80,6 +80,26 @@ def evaluate(
 
 
 @app.command()
+def profile(
+    name: Annotated[str, typer.Argument(help="Profile in profiles/ (demo, paper-audiocaps, ...).")],
+    force: Annotated[bool, typer.Option(help="Overwrite a params.yaml that matches no profile.")] = False,
+) -> None:
+    """Switch params.yaml to a profile (and back: `clapart profile demo`)."""
+    profiles = Path("profiles")
+    available = sorted(p.stem for p in profiles.glob("*.yaml"))
+    source = profiles / f"{name}.yaml"
+    if not source.is_file():
+        typer.echo(f"error: no profile {name!r} in {profiles}/ (available: {', '.join(available) or 'none'})", err=True)
+        raise typer.Exit(2)
+    params = Path("params.yaml")
+    if params.is_file() and not force and all(params.read_bytes() != (profiles / f"{p}.yaml").read_bytes() for p in available):
+        typer.echo("error: params.yaml has edits that no profile holds; save them as profiles/NAME.yaml or pass --force", err=True)
+        raise typer.Exit(2)
+    params.write_bytes(source.read_bytes())
+    typer.echo(f"params.yaml <- {source}; run `dvc repro` (or `dvc exp run`) to apply")
+
+
+@app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False) -> None:
     """Run the benchmarks and print one line per figure with its ratio to the in-run baseline."""
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
