@@ -100,6 +100,27 @@ def profile(
 
 
 @app.command()
+def results(
+    md: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV here.")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Write the metric-vs-RVQ-layers plot (SVG) here.")] = None,
+) -> None:
+    """Gather all DVC experiments (dvc exp show) into one ablation table, and a plot against rvq.layers."""
+    from clapart_core import report
+
+    rows = report.collect_rows(report.exp_show_json())
+    table = report.to_markdown(rows)
+    typer.echo(table)
+    if md:
+        md.write_text(table)
+    if csv_out:
+        report.write_csv(rows, csv_out)
+    if plot:
+        metric = report.write_layers_svg(rows, plot)
+        typer.echo(f"plot of {metric} vs rvq.layers -> {plot}")
+
+
+@app.command()
 def bench(quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False) -> None:
     """Run the benchmarks and print one line per figure with its ratio to the in-run baseline."""
     bench_dir = Path(__file__).resolve().parent.parent / "bench"

@@ -1,0 +1,149 @@
+"""Gather DVC experiments into the paper's ablation table and a metric-vs-RVQ-layers plot.
+
+Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
+output is one row per run — token type, RVQ layers, CLAP on/off and the scores — as Markdown
+or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
+``rvq.layers`` for the ``beats_rvq`` runs, one line per CLAP setting. No plotting library is
+needed: the SVG is written directly.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ("run", "encoder.type", "rvq.layers", "model.use_clap", "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips")
+SCORES = "metrics/scores.json"
+
+
+def _runs(node: Any) -> Iterator[dict[str, Any]]:
+    """Every entry of ``dvc exp show --json`` that carries params and metrics, depth first."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _runs(item)
+    elif isinstance(node, dict):
+        data = node.get("data")
+        if isinstance(data, dict) and "params" in data:
+            yield node
+        for key in ("experiments", "revs"):
+            if node.get(key):
+                yield from _runs(node[key])
+
+
+def _short(rev: str) -> str:
+    """Commit shas shortened as git does; names such as ``workspace`` kept whole."""
+    return rev[:7] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def collect_rows(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run that has scores; duplicates of the same run (workspace = HEAD) are kept once."""
+    rows, seen = [], set()
+    for run in _runs(exp_show):
+        data = run["data"]
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        scores = ((data.get("metrics") or {}).get(SCORES) or {}).get("data")
+        if not scores:
+            continue
+        row = {
+            "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
+            "encoder.type": _get(params, "encoder.type"),
+            "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
+            "model.use_clap": _get(params, "model.use_clap"),
+            **{k: scores.get(k) for k in COLUMNS[4:]},
+        }
+        key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            rows.append(row)
+    return rows
+
+
+def exp_show_json(cwd: Path | None = None) -> list[dict[str, Any]]:
+    """Run ``dvc exp show --json`` in ``cwd`` and parse it."""
+    out = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"dvc exp show failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
+    return json.loads(out.stdout)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def to_markdown(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    with Path(path).open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """SPIDEr when any beats_rvq run has it, else CIDEr-D (SPICE absent)."""
+    rvq = [r for r in rows if r["encoder.type"] == "beats_rvq"]
+    return "spider" if any(r.get("spider") is not None for r in rvq) else "cider_d"
+
+
+def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
+    """Plot the metric against ``rvq.layers`` (log2 axis), one line per CLAP setting; returns the metric name."""
+    import math
+
+    metric = plot_metric(rows)
+    points: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["encoder.type"] == "beats_rvq" and r.get(metric) is not None and r["rvq.layers"]:
+            label = "with CLAP" if r["model.use_clap"] else "without CLAP"
+            points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
+    if not points:
+        raise ValueError(f"no beats_rvq run with {metric} to plot")
+    xs = sorted({x for pts in points.values() for x, _ in pts})
+    ys = [y for pts in points.values() for _, y in pts]
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    left, right, top, bottom = 60, width - 20, 30, height - 45
+    lx = [math.log2(x) for x in xs]
+    sx = lambda x: left + (math.log2(x) - min(lx)) / ((max(lx) - min(lx)) or 1) * (right - left)  # noqa: E731
+    sy = lambda y: bottom - (y - lo) / (hi - lo) * (bottom - top)  # noqa: E731
+    colours = ["#1f77b4", "#d62728", "#2ca02c"]
+    svg = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+        f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers (beats_rvq)</text>',
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>',
+        f'<text x="{(left + right) / 2}" y="{height - 8}" text-anchor="middle">rvq.layers</text>',
+        f'<text x="{left - 6}" y="{bottom}" text-anchor="end">{lo:.3f}</text>',
+        f'<text x="{left - 6}" y="{top + 4}" text-anchor="end">{hi:.3f}</text>',
+    ]
+    svg += [f'<text x="{sx(x):.1f}" y="{bottom + 16}" text-anchor="middle">{x}</text>' for x in xs]
+    for i, (label, pts) in enumerate(sorted(points.items())):
+        pts = sorted(pts)
+        colour = colours[i % len(colours)]
+        path_d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
+        svg.append(f'<path d="{path_d}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        svg += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in pts]
+        svg.append(f'<text x="{right - 100}" y="{top + 16 * (i + 1)}" fill="{colour}">{label}</text>')
+    svg.append("</svg>")
+    Path(path).write_text("\n".join(svg) + "\n")
+    return metric
