@@ -130,7 +130,7 @@ def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEnco
     except OSError as err:
         raise ModelNotFoundError(
             f"CLAP model {name_or_path!r} is not available here (offline or not a model directory): "
-            f"on a machine with internet run `huggingface-cli download {name_or_path}` "
+            f"on a machine with internet run `hf download {name_or_path}` "
             "(or set clap.checkpoint to a local directory holding config.json and the weights)."
         ) from err
     return ClapEncoder(model, fe, name_or_path, pretrained=True)

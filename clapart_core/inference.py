@@ -71,7 +71,7 @@ class _Tokenizer:
 
     def __init__(self, front: dict[str, Any], model_dir: Path, device: str) -> None:
         from clapart_core.beats import load_beats, load_beats_tokenizer, random_beats, random_beats_tokenizer
-        from clapart_core.codecs import load_encodec, random_encodec
+        from clapart_core.codecs import encodec_from_spec
 
         self.type, spec, self.device = front["encoder_type"], front["encoder"]["spec"], device
         expected = front["encoder"]["weights_sha256"]
@@ -83,7 +83,7 @@ class _Tokenizer:
             self.model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
             self.sample_rate = 16_000
         else:
-            self.encodec = load_encodec(spec["checkpoint"], device) if spec["checkpoint"] else random_encodec(spec["random"], seed=spec["seed"])
+            self.encodec = encodec_from_spec(spec, device)
             self.model, self.sample_rate, self.bandwidth = self.encodec.model, self.encodec.sample_rate, spec["bandwidth"]
         _check_fingerprint(self.type, self.model, expected)
         self.model = self.model.to(device).eval()

@@ -41,7 +41,7 @@ def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     else:
         e = params["encodec"]
         encoder = {"checkpoint": e["checkpoint"], "random": e["random"], "seed": seed, "bandwidth": e["bandwidth"]}
-        run = {"batch_size": e["batch_size"], "device": e["device"], "bf16": False}
+        run = {"batch_size": 1, "device": e["device"], "bf16": False}  # EnCodec encodes clip by clip
     features = {"type": etype, "encoder": encoder, **run}
 
     if etype == "beats_rvq":

@@ -34,8 +34,9 @@ if __name__ == "__main__":
                 model, audio_path(Path("data/audio"), BEATS_RATE, split), OUT / f"{split}.parquet", spec=spec, pretrained=bool(spec["checkpoint"]), batch_size=cfg["batch_size"], device=device
             )
     else:
-        from clapart_core.codecs import extract_encodec_tokens, load_encodec, random_encodec
+        from clapart_core.codecs import encodec_from_spec, extract_encodec_tokens
 
-        encoder = load_encodec(spec["checkpoint"], device) if spec["checkpoint"] else random_encodec(spec["random"], seed=spec["seed"])
+        # one clip at a time, as EnCLAP does: padding would change the last frame's codes
+        encoder = encodec_from_spec(spec, device)
         for split in SPLITS:
-            extract_encodec_tokens(encoder, audio_path(Path("data/audio"), ENCODEC_RATE, split), OUT / f"{split}.parquet", bandwidth=spec["bandwidth"], batch_size=cfg["batch_size"])
+            extract_encodec_tokens(encoder, audio_path(Path("data/audio"), ENCODEC_RATE, split), OUT / f"{split}.parquet", bandwidth=spec["bandwidth"])

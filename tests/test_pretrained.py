@@ -28,7 +28,7 @@ def test_missing_clap_is_one_sentence(monkeypatch):
     with pytest.raises(ModelNotFoundError) as err:
         load_clap("laion/clap-htsat-fused")
     msg = str(err.value)
-    assert "laion/clap-htsat-fused" in msg and "huggingface-cli download" in msg and "\n" not in msg
+    assert "laion/clap-htsat-fused" in msg and "hf download" in msg and "\n" not in msg
 
 
 def test_training_from_a_local_bart_dir(tmp_path):

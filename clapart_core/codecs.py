@@ -1,0 +1,382 @@
+"""Discrete-token encoders other than BEATs -> RVQ, the other two rows of the paper's Table 1:
+
+- ``encodec`` -- EnCodec codes, the EnCLAP baseline, read through transformers' ``EncodecModel``
+  (``facebook/encodec_24khz`` by hub id or local directory). EnCLAP encodes at **12 kbps**:
+  ``model.set_target_bandwidth(12.0)`` in ``data/infer_encodec.py`` and ``inference.py`` of
+  jaeyeonkim99/EnCLAP, and ``num_rvq: 16`` in its ``EnClapBartConfig``; i.e. 16 codebooks of
+  1024 entries at 75 frames/s (``floor(12000 / (75 * log2 1024))``), ``[T, 16]`` with
+  ``T = ceil(S / 320)`` for ``S`` samples at 24 kHz.
+- ``beats_tokenizer`` -- the official BEATs acoustic tokenizer ("BEATs-AT"): one code of a
+  1024-entry codebook per 16 x 16 fbank patch, time-major like the BEATs features, ``[T, 1]``.
+
+Both stage bodies stream a decoded-audio file (:mod:`clapart_core.decoded_audio`) and write the
+token Parquet of :mod:`clapart_core.storage` directly, with the same metadata keys as the
+``beats_rvq`` tokens (``num_codebooks``, ``codebook_size``, ``encoder_type`` and an ``encoder``
+dict ``{name, spec, pretrained, weights_sha256}``), so ``train`` and ``score`` do not know which
+encoder produced the codes.
+
+Batching never changes a clip's codes:
+
+- EnCodec is run on one clip at a time, as EnCLAP's ``data/infer_encodec.py`` does. The 24 kHz
+  model encodes the whole clip with causal convolutions whose right padding depends on the
+  clip's length (a zero-padded tail would change its last frame), and even equal-length batches
+  move the encoder output by float rounding (~1e-7), which can flip a nearest-codeword decision
+  that is that close to a tie. One clip per call costs nothing on the CPU (measured: 6 clips of
+  4 s alone 0.18 s, batched 0.22 s for the small random model) and little on a GPU.
+- BEATs' tokenizer masks each clip's own patches (``padding_semantics="alone"`` in
+  :mod:`clapart_core.beats`), so clips share length-bucketed batches and each keeps only its
+  valid patches. Clips are written in the stable length order of
+  :func:`clapart_core.features.length_buckets`, which does not depend on ``batch_size``.
+
+Offline use has no pretrained EnCodec weights: :func:`random_encodec` builds the real architecture
+(``EncodecConfig``, 24 kHz, hop 320, 1024-entry codebooks) at a small width with seeded weights.
+EnCodec's ``_init_weights`` leaves every codebook at zero (which would give code 0 everywhere),
+so the random codebooks are initialised the way EnCodec itself initialises them before training,
+from encoder outputs: codewords are seeded draws of the residual frames of a seeded probe signal.
+The random encoder's biases are zero: random biases add a common offset ~50x larger than the
+frame-to-frame variation, and the float32 distances ``|x|^2 - 2 x.e + |e|^2`` then lose the
+differences between codewords to rounding (90 % of frames within 1e-5 relative of a tie,
+measured), making codes arbitrary. Without the offset the median relative margin is 2e-2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from clapart_core.clap import ModelNotFoundError
+from clapart_core.decoded_audio import PCM_SCALE, read_batch
+from clapart_core.features import BEATS_SAMPLE_RATE, length_buckets
+from clapart_core.storage import RaggedReader, model_fingerprint, write_tokens
+
+log = logging.getLogger(__name__)
+
+ENCODEC_SAMPLE_RATE = 24_000
+ENCODEC_CHECKPOINT = "facebook/encodec_24khz"
+# EnCLAP's setting (see the module docstring): 16 codebooks at 75 Hz.
+ENCLAP_BANDWIDTH = 12.0
+# BEATs patch frames per second: 100 fbank frames/s, 16 frames per time patch, 8 frequency patches.
+BEATS_PATCH_RATE_HZ = 100 / 16 * 8
+# Token Parquet stores codes as int16.
+_MAX_CODEBOOK_SIZE = 2**15
+
+# A narrow EnCodec: the 24 kHz model's module types, strides (8, 5, 4, 2 -> hop 320, 75 Hz),
+# 2-layer LSTM, 1024-entry codebooks and bandwidths, at 1/8 of its width (0.25 M parameters, 0.12 M in the encoder).
+RANDOM_ENCODEC_DEFAULTS: dict[str, Any] = {
+    "num_filters": 4,
+    "hidden_size": 32,
+    "num_lstm_layers": 2,
+}
+# Probe signal for the random codebooks: 16 s gives 1200 encoder frames to draw codewords from.
+_PROBE_SECONDS = 16.0
+_PROBE_SEGMENT_S = 0.25
+
+
+@dataclass
+class EncodecEncoder:
+    """An EnCodec model plus its feature extractor, encoding mono 24 kHz clips to codes.
+
+    Attributes:
+        model: ``transformers.EncodecModel`` in eval mode (on the device it runs on).
+        feature_extractor: ``EncodecFeatureExtractor`` (checks the rate, shapes the input).
+        name: hub id / directory, or ``"random"``.
+        pretrained: ``False`` for the seeded random model.
+        spec: how to rebuild exactly this model: ``{"checkpoint": name}`` or
+            ``{"random": config overrides, "seed": seed}`` (recorded in the token metadata).
+    """
+
+    model: Any
+    feature_extractor: Any
+    name: str
+    pretrained: bool
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        config = self.model.config
+        # Chunked models (encodec_48khz) return overlapping 1 s chunks, stereo ones need 2 channels:
+        # neither gives one code sequence per mono clip.
+        if config.chunk_length_s is not None or config.audio_channels != 1:
+            raise ValueError(
+                f"EnCodec model {self.name!r} encodes in chunks or in stereo (chunk_length_s={config.chunk_length_s}, "
+                f"audio_channels={config.audio_channels}); only whole-clip mono models such as {ENCODEC_CHECKPOINT} are supported"
+            )
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.model.config.sampling_rate)
+
+    @property
+    def frame_rate(self) -> int:
+        """Code frames per second (75 for the 24 kHz model)."""
+        return int(self.model.config.frame_rate)
+
+    @property
+    def hop_length(self) -> int:
+        """Samples per code frame (320 for the 24 kHz model)."""
+        return int(self.model.config.hop_length)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(self.model.config.codebook_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def num_codebooks(self, bandwidth: float) -> int:
+        """Codebooks used at ``bandwidth`` kbps (2 at 1.5, 8 at 6, 16 at 12 for the 24 kHz model)."""
+        allowed = [float(b) for b in self.model.config.target_bandwidths]
+        if float(bandwidth) not in allowed:
+            raise ValueError(f"EnCodec model {self.name!r} does not support bandwidth {bandwidth} kbps; choose one of {allowed}")
+        return int(self.model.quantizer.get_num_quantizers_for_bandwidth(float(bandwidth)))
+
+    def num_frames(self, num_samples: int) -> int:
+        """Code frames of a clip of ``num_samples`` samples: ``ceil(S / hop)``."""
+        return -(-int(num_samples) // self.hop_length)
+
+    @torch.inference_mode()
+    def encode(self, wave: np.ndarray | torch.Tensor, bandwidth: float) -> np.ndarray:
+        """One clip ``[S]`` float32 in [-1, 1] at 24 kHz -> codes ``[T, N]`` int64 in ``[0, codebook_size)``.
+
+        ``T = ceil(S / 320)`` (75 frames/s), ``N = num_codebooks(bandwidth)``; an empty clip gives ``T = 0``.
+        """
+        wave = torch.as_tensor(wave, dtype=torch.float32)
+        if wave.dim() != 1:
+            raise ValueError(f"wave must be one mono clip [S], got shape {tuple(wave.shape)}")
+        n = self.num_codebooks(bandwidth)
+        if wave.shape[0] == 0:
+            return np.zeros((0, n), dtype=np.int64)
+        inputs = self.feature_extractor(wave.cpu().numpy(), sampling_rate=self.sample_rate, return_tensors="pt")
+        out = self.model.encode(
+            inputs["input_values"].to(self.device),  # [1, 1, S]
+            inputs["padding_mask"].to(self.device),  # [1, S], all valid
+            bandwidth=float(bandwidth),
+            return_dict=True,
+        )
+        codes = out.audio_codes  # [chunks = 1, 1, N, T] for a whole-clip model
+        return codes[0, 0].T.cpu().numpy().astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- construction
+def _probe_signal(generator: torch.Generator, sample_rate: int) -> torch.Tensor:
+    """A seeded varied test signal ``[S]``: short segments, each a sine of random frequency plus
+    white noise, at random levels, so the encoder frames cover tones, noise and loudness."""
+    seg = int(_PROBE_SEGMENT_S * sample_rate)
+    n_seg = int(_PROBE_SECONDS / _PROBE_SEGMENT_S)
+    t = torch.arange(seg, dtype=torch.float32) / sample_rate
+    parts = []
+    for _ in range(n_seg):
+        freq, tone, noise, level = torch.rand(4, generator=generator).tolist()
+        sine = torch.sin(2 * math.pi * (50.0 * 200.0**freq) * t)  # 50 Hz .. 10 kHz, log-uniform
+        x = tone * sine + noise * torch.randn(seg, generator=generator)
+        parts.append(x / x.abs().max().clamp_min(1e-6) * 10.0 ** (-3.0 * level))  # -60 .. 0 dBFS peak
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def _init_random_codebooks(model: Any, generator: torch.Generator) -> None:
+    """Fill each RVQ layer with codewords drawn from its own input (residual) frames of the probe
+    signal, plus a little seeded jitter so that repeated draws are distinct codewords."""
+    probe = _probe_signal(generator, int(model.config.sampling_rate))
+    frames = model.encoder(probe[None, None, :])[0].T  # [T, D]
+    residual = frames
+    for layer in model.quantizer.layers:
+        book = layer.codebook
+        k = book.embed.shape[0]
+        pick = torch.randint(residual.shape[0], (k,), generator=generator)
+        jitter = torch.randn(k, residual.shape[1], generator=generator) * residual.std(dim=0) * 0.1
+        embed = residual[pick] + jitter
+        book.embed.copy_(embed)
+        book.embed_avg.copy_(embed)
+        book.cluster_size.fill_(1.0)
+        codes = layer.encode(residual.T[None])  # [1, T]
+        residual = residual - layer.decode(codes)[0].T
+
+
+def random_encodec(overrides: dict[str, Any] | None = None, seed: int = 0, device: str | torch.device = "cpu") -> EncodecEncoder:
+    """A seeded, randomly initialised ``EncodecModel`` of the 24 kHz architecture at a small width.
+
+    ``overrides`` changes any ``EncodecConfig`` key of :data:`RANDOM_ENCODEC_DEFAULTS` (or others,
+    e.g. ``codebook_size``); the same overrides and seed give identical weights. The global torch
+    RNG is left untouched. ``spec`` records the merged config, so ``random_encodec(spec["random"],
+    spec["seed"])`` rebuilds the same model even if the defaults change.
+    """
+    from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
+
+    cfg = {**RANDOM_ENCODEC_DEFAULTS, **(overrides or {})}
+    config = EncodecConfig(sampling_rate=ENCODEC_SAMPLE_RATE, **cfg)
+    # fork_rng: transformers' weight init draws from the global RNG; seed it without side effects.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = EncodecModel(config).eval()
+    with torch.no_grad():
+        for name, param in model.encoder.named_parameters():
+            if name.endswith("bias") or ".bias_" in name:  # conv biases, LSTM bias_ih/bias_hh (module docstring)
+                param.zero_()
+    _init_random_codebooks(model, torch.Generator().manual_seed(seed))
+    log.warning("EnCodec: seeded random weights (%s, seed %d), not a pretrained codec", cfg, seed)
+    model = model.to(device)
+    fe = EncodecFeatureExtractor(feature_size=1, sampling_rate=ENCODEC_SAMPLE_RATE)
+    return EncodecEncoder(model, fe, "random", pretrained=False, spec={"random": cfg, "seed": seed})
+
+
+def load_encodec(name_or_path: str, device: str | torch.device = "cpu") -> EncodecEncoder:
+    """Load a pretrained ``EncodecModel`` + feature extractor by hub id or local directory.
+
+    Raises:
+        ModelNotFoundError: the model is neither cached/downloadable nor a model directory.
+        ValueError: it is not a complete EnCodec checkpoint, or a chunked or stereo one
+            (e.g. ``facebook/encodec_48khz``).
+    """
+    from transformers import AutoFeatureExtractor, EncodecModel
+
+    try:
+        model, info = EncodecModel.from_pretrained(name_or_path, output_loading_info=True)
+        fe = AutoFeatureExtractor.from_pretrained(name_or_path)
+    except OSError as err:
+        raise ModelNotFoundError(
+            f"EnCodec model {name_or_path!r} is not available here (offline or not a model directory): "
+            f"on a machine with internet run `hf download {ENCODEC_CHECKPOINT}` (the EnCLAP codec; "
+            "`huggingface-cli download` in huggingface_hub < 1.0), or set encodec.checkpoint to a local "
+            "directory holding its config.json, preprocessor_config.json and weights."
+        ) from err
+    # from_pretrained fills weights a checkpoint lacks with random ones and only logs it: refuse that,
+    # or a wrong directory would run as a "pretrained" codec.
+    bad = sorted(info["missing_keys"]) + sorted(str(k) for k in info["mismatched_keys"])
+    if bad:
+        raise ValueError(
+            f"{name_or_path!r} is not a complete EnCodec checkpoint: {len(bad)} weights are missing or mis-shaped "
+            f"(e.g. {', '.join(bad[:3])})"
+        )
+    model = model.eval().to(device)
+    return EncodecEncoder(model, fe, str(name_or_path), pretrained=True, spec={"checkpoint": str(name_or_path)})
+
+
+def encodec_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu") -> EncodecEncoder:
+    """Rebuild the encoder a token file was made with from its ``encoder.spec`` metadata
+    (``{"checkpoint": ...}`` or ``{"random": cfg, "seed": ...}``, plus ``bandwidth``, ignored here):
+    what raw-audio captioning needs to tokenise new clips exactly as the training data was."""
+    if spec.get("checkpoint"):
+        return load_encodec(spec["checkpoint"], device)
+    if "random" in spec and "seed" in spec:
+        return random_encodec(spec["random"], int(spec["seed"]), device)
+    raise ValueError(f"EnCodec spec {spec!r} names neither a checkpoint nor a random config and seed")
+
+
+# ---------------------------------------------------------------------------------- stage bodies
+def _check_rate(reader: RaggedReader, audio_h5: Path, needed: int, what: str) -> None:
+    have = int(reader.attrs["sample_rate"])
+    if have != needed:
+        raise ValueError(f"{audio_h5} holds {have} Hz audio but {what} needs {needed} Hz: add {needed} to decode.sample_rates")
+
+
+def extract_encodec_tokens(
+    encoder: EncodecEncoder,
+    audio_h5: Path,
+    out_parquet: Path,
+    *,
+    bandwidth: float,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """EnCodec codes for every clip of one decoded-audio file: ``[S] @ 24 kHz -> [T, N]``, one token Parquet.
+
+    ``T = ceil(S / 320)`` (75 frames/s), ``N = encoder.num_codebooks(bandwidth)`` (16 at EnCLAP's
+    12 kbps). Clips are encoded one at a time, in file order (see the module docstring).
+    ``metadata`` adds keys to the Parquet metadata. Returns the number of clips written.
+    """
+    audio_h5 = Path(audio_h5)
+    reader = RaggedReader(audio_h5)
+    with reader:
+        _check_rate(reader, audio_h5, encoder.sample_rate, f"EnCodec model {encoder.name!r}")
+        n = encoder.num_codebooks(bandwidth)
+        if encoder.codebook_size > _MAX_CODEBOOK_SIZE:
+            raise ValueError(f"codebook size {encoder.codebook_size} does not fit the token Parquet's int16 codes")
+        meta = {
+            "num_codebooks": n,
+            "codebook_size": encoder.codebook_size,
+            "encoder_type": "encodec",
+            "encoder": {
+                "name": "encodec",
+                "spec": {**encoder.spec, "bandwidth": float(bandwidth)},
+                "pretrained": encoder.pretrained,
+                "weights_sha256": model_fingerprint(encoder.model),
+            },
+            "sample_rate": encoder.sample_rate,
+            "frame_rate_hz": encoder.frame_rate,
+            **(metadata or {}),
+        }
+
+        def items() -> Iterator[tuple[str, np.ndarray]]:
+            for clip_id, pcm in tqdm(reader, total=len(reader), desc=f"encodec {audio_h5.stem}", unit="clip"):
+                yield clip_id, encoder.encode(pcm.astype(np.float32) / PCM_SCALE, bandwidth)
+
+        return write_tokens(out_parquet, items(), meta)
+
+
+def extract_beats_tokenizer_tokens(
+    tokenizer_model: torch.nn.Module,
+    audio_h5: Path,
+    out_parquet: Path,
+    *,
+    spec: dict[str, Any],
+    pretrained: bool,
+    batch_size: int = 8,
+    device: str = "cpu",
+    bf16: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> int:
+    """BEATs acoustic-tokenizer codes for every clip of one 16 kHz decoded-audio file, one token Parquet.
+
+    ``[S] @ 16 kHz -> [T, 1]`` with ``T = 8 * floor(F / 16)`` patches (time-major, as the BEATs
+    features), codes in ``[0, quant_n)``. Clips are batched by length; each keeps only its own
+    valid patches, which equal the clip tokenised alone. Clips shorter than one patch (0.175 s)
+    get ``T = 0``. ``spec`` (checkpoint or random cfg + seed) and ``pretrained`` are recorded in
+    the metadata, with the weights' fingerprint. Returns the number of clips written.
+    """
+    from clapart_core.beats import num_patches
+
+    audio_h5 = Path(audio_h5)
+    codebook_size = int(tokenizer_model.config.quant_n)
+    if codebook_size > _MAX_CODEBOOK_SIZE:
+        raise ValueError(f"codebook size {codebook_size} does not fit the token Parquet's int16 codes")
+    reader = RaggedReader(audio_h5)
+    with reader:
+        _check_rate(reader, audio_h5, BEATS_SAMPLE_RATE, "the BEATs tokenizer")
+        model = tokenizer_model.to(device).eval()
+        meta = {
+            "num_codebooks": 1,
+            "codebook_size": codebook_size,
+            "encoder_type": "beats_tokenizer",
+            "encoder": {"name": "beats_tokenizer", "spec": spec, "pretrained": bool(pretrained), "weights_sha256": model_fingerprint(model)},
+            "sample_rate": BEATS_SAMPLE_RATE,
+            "frame_rate_hz": BEATS_PATCH_RATE_HZ,
+            **(metadata or {}),
+        }
+        lengths = np.diff(reader.offsets)
+        autocast_dtype = torch.bfloat16 if bf16 else None
+
+        def items() -> Iterator[tuple[str, np.ndarray]]:
+            bar = tqdm(total=len(reader), desc=f"beats-tokenizer {audio_h5.stem}", unit="clip")
+            for index in length_buckets(lengths, batch_size):
+                valid = [num_patches(int(lengths[i])) for i in index]
+                runnable = [k for k, v in enumerate(valid) if v > 0]
+                labels: dict[int, np.ndarray] = {}
+                if runnable:
+                    wave, mask = read_batch(reader, index[runnable])
+                    out = model.extract_labels(wave.to(device), mask.to(device), autocast_dtype=autocast_dtype).cpu().numpy()
+                    for row, k in enumerate(runnable):
+                        labels[k] = out[row, : valid[k], None]  # [T, 1]
+                for k, i in enumerate(index):
+                    yield reader.clip_ids[i], labels.get(k, np.zeros((0, 1), np.int64))
+                bar.update(len(index))
+            bar.close()
+
+        return write_tokens(out_parquet, items(), meta)
