@@ -81,6 +81,12 @@ class ClapArtConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        # Older 5.x releases do not apply `sub_configs_defaults`; resolve the sub-config here too
+        # (transformers also builds a default `ClapArtConfig()` when saving, with bart=None).
+        if self.bart is None:
+            self.bart = BartConfig()
+        elif isinstance(self.bart, dict):
+            self.bart = BartConfig(**self.bart)
         # `<s>` and `</s>` take two positions besides the frames; the CLAP slot takes none.
         if self.max_frames + 2 > self.bart.max_position_embeddings:
             raise ValueError(

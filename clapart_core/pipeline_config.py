@@ -69,3 +69,63 @@ def read_config(stage: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the configure stage first (dvc repro configure)")
     return json.loads(path.read_text())
+
+
+class PreflightError(ValueError):
+    """A setting names a model or file that is not there; raised before any long stage starts."""
+
+
+def _hub_model_available(name: str) -> bool | None:
+    """True if ``name`` is a local model dir or in the Hugging Face cache; None if only the hub could tell."""
+    if Path(name).is_dir():
+        return (Path(name) / "config.json").is_file() or (Path(name) / "tokenizer.json").is_file()
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    for filename in ("config.json", "tokenizer_config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(name, filename), str):
+                return True
+        except HFValidationError:  # not a hub id either: a local path that does not exist
+            return False
+    return False if constants.HF_HUB_OFFLINE else None
+
+
+def preflight(params: dict[str, Any]) -> list[str]:
+    """Check, in well under a second, that every model the run will load exists.
+
+    Local checkpoint files must exist; hub ids must be a local directory or in the HF cache when
+    offline (``HF_HUB_OFFLINE=1``); online, an uncached id is reported as "will be downloaded".
+    Raises :class:`PreflightError` (one line) on the first missing model; returns notes.
+    """
+    etype = params["encoder"]["type"]
+    files: list[tuple[str, str | None]] = []
+    hub: list[tuple[str, str | None, str]] = []
+    if etype == "beats_rvq":
+        files.append(("beats.checkpoint", params["beats"]["checkpoint"]))
+    elif etype == "beats_tokenizer":
+        files.append(("beats_tokenizer.checkpoint", params["beats_tokenizer"]["checkpoint"]))
+    else:
+        hub.append(("encodec.checkpoint", params["encodec"]["checkpoint"], "facebook/encodec_24khz"))
+    hub.append(("clap.checkpoint", params["clap"]["checkpoint"], "laion/clap-htsat-fused"))
+    hub.append(("model.pretrained", params["model"]["pretrained"], "facebook/bart-base"))
+    hub.append(("model.tokenizer", params["model"]["tokenizer"], "facebook/bart-base"))
+    notes = []
+    for key, path in files:
+        if path and not Path(path).is_file():
+            raise PreflightError(
+                f"params.yaml: {key} = {path!r} does not exist; download the official checkpoint "
+                "(microsoft/unilm on GitHub, beats/ README) or set it to null for a random encoder"
+            )
+    for key, name, example in hub:
+        if not name:
+            continue
+        found = _hub_model_available(name)
+        if found is False:
+            raise PreflightError(
+                f"params.yaml: {key} = {name!r} is neither a local model directory nor in the Hugging Face cache "
+                f"and the hub is offline; run `hf download {name}` on a machine with internet (e.g. {example})"
+            )
+        if found is None:
+            notes.append(f"{key} = {name!r} is not cached: it will be downloaded")
+    return notes

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from dvclive import Live
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -374,6 +373,8 @@ def _train(
 
     live = None
     if live_dir is not None:
+        from dvclive import Live  # only the DVC stage logs curves; library users need not have dvclive
+
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
         live.log_params({"n_parameters": n_params, "n_train_pairs": len(pairs), "device": str(device)})
 

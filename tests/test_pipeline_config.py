@@ -49,3 +49,24 @@ def test_written_configs_are_byte_stable(tmp_path):
     write_configs(_with(encoder__type="encodec", rvq__layers=1), tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
     assert sorted(first) == ["codebooks.json", "decode.json", "features.json", "tokenize.json"]
+
+
+def test_preflight_names_missing_models_in_one_line(tmp_path, monkeypatch):
+    from clapart_core.pipeline_config import PreflightError, preflight
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert preflight(_with()) == []  # the demo needs nothing
+    with pytest.raises(PreflightError, match=r"beats.checkpoint = '/nope/BEATs.pt' does not exist"):
+        preflight(_with(encoder__type="beats_rvq", beats__checkpoint="/nope/BEATs.pt"))
+    with pytest.raises(PreflightError, match=r"model.pretrained = 'facebook/bart-base' is neither") as err:
+        preflight(_with(model__pretrained="facebook/bart-base"))
+    assert "\n" not in str(err.value) and "hf download facebook/bart-base" in str(err.value)
+    # under encodec the BEATs checkpoint is irrelevant, the EnCodec one is checked
+    ok_dir = tmp_path / "encodec"
+    ok_dir.mkdir()
+    (ok_dir / "config.json").write_text("{}")
+    assert preflight(_with(encoder__type="encodec", beats__checkpoint="/nope", encodec__checkpoint=str(ok_dir))) == []
+    with pytest.raises(PreflightError, match="encodec.checkpoint"):
+        preflight(_with(encoder__type="encodec", encodec__checkpoint=str(tmp_path / "missing")))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert preflight(_with(clap__checkpoint="laion/clap-htsat-fused")) == ["clap.checkpoint = 'laion/clap-htsat-fused' is not cached: it will be downloaded"]

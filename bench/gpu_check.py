@@ -1,0 +1,78 @@
+"""One prepared GPU check (run on a lent GPU machine): the captioner's CUDA + bf16 training path
+and beam search, and step timings for the demo-sized and a bart-base-sized captioner.
+
+    python bench/gpu_check.py        # prints `name: value unit` lines
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clapart_core.captioner import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
+from clapart_core.decoding import caption_examples, load_captioner
+from clapart_core.training import CaptionExample, train_captioner
+
+
+def examples(n: int, frames: int, codebooks: int, k: int, seed: int) -> list[CaptionExample]:
+    """Captions determined by the codes, so a few epochs must lower the loss."""
+    rng = np.random.default_rng(seed)
+    words = ["a dog barks", "rain falls", "a bell rings", "a siren wails"]
+    out = []
+    for i in range(n):
+        label = i % len(words)
+        codes = rng.integers(0, k, (frames, codebooks))
+        codes[:, 0] = label  # the first codebook carries the class
+        out.append(CaptionExample(f"c{i}", codes, rng.standard_normal(512).astype(np.float32), (words[label],)))
+    return out
+
+
+def step_time(d_model: int, layers: int, heads: int, ffn: int, frames: int, batch: int, dtype: torch.dtype | None) -> float:
+    cfg = ClapArtConfig(bart=small_bart_config(vocab_size=50265, d_model=d_model, encoder_layers=layers, decoder_layers=layers, attention_heads=heads, ffn_dim=ffn, dropout=0.1, max_frames=1020), num_codebooks=16, codebook_size=1024)
+    model = ClapArtForCaptioning(cfg).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    codes = torch.randint(0, 1024, (batch, frames, 16), device="cuda")
+    labels = torch.randint(3, 50265, (batch, 24), device="cuda")
+    clap = torch.randn(batch, 512, device="cuda")
+    # MCM mask drawn on the CPU generator, as training does, then moved
+    mcm = sample_mcm_mask(torch.ones(batch, frames, dtype=torch.bool), 16, 0.15, 10, torch.Generator().manual_seed(0)).cuda()
+    times = []
+    for i in range(8):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+            loss = model(codes=codes, clap=clap, labels=labels, mcm_mask=mcm).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times[3:]))
+
+
+def main() -> None:
+    print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    out = Path("/tmp/clapart_gpu_model")
+    data = examples(256, 192, 16, 256, 0)
+    model_params = {"pretrained": None, "tokenizer": None, "vocab_size": 300, "codebook_size": 256, "d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 1024, "dropout": 0.1, "use_clap": True, "max_frames": 1020}
+    train_params = {"epochs": 4, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.01, "label_smoothing": 0.2, "grad_clip": 1.0, "mcm_weight": 0.7, "mcm_prob": 0.15, "mcm_span": 10, "device": "cuda", "bf16": True, "num_threads": 4}
+    summary = train_captioner(data, data[:64], model_params=model_params, train_params=train_params, out_dir=out, live_dir=None, seed=1115)
+    print(f"gpu_train_bf16_first_loss: {summary['first_step_loss']:.3f}", flush=True)
+    print(f"gpu_train_bf16_val_losses: {', '.join(f'{v:.3f}' for v in summary['val_losses'])}", flush=True)
+    print(f"gpu_train_bf16_step: {summary['seconds_per_step'] * 1000:.1f} ms/step (demo size, batch 32, T=192, N=16)", flush=True)
+    model, tok = load_captioner(out)
+    model = model.cuda()
+    caps = caption_examples(model, tok, data[:8], num_beams=4)
+    right = sum(c.strip().lower().rstrip(".") == ex.captions[0] for c, ex in zip(caps, data[:8]))
+    print(f"gpu_beam_search: {right}/8 captions exact ({caps[0]!r})", flush=True)
+    for name, dims in (("demo", (256, 3, 4, 1024)), ("bart_base", (768, 6, 12, 3072))):
+        for dtype, tag in ((None, "fp32"), (torch.bfloat16, "bf16")):
+            t = step_time(*dims, frames=496, batch=16, dtype=dtype)
+            print(f"gpu_step_{name}_{tag}: {t * 1000:.1f} ms/step ({16 * 498 / t:.0f} encoder tokens/s, batch 16, T=496, N=16)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
