@@ -44,11 +44,11 @@ class AudioDecodeError(ValueError):
     Attributes:
         path: the offending file.
         reason: one of ``"missing"``, ``"empty"``, ``"unreadable"``, ``"non_finite"``,
-            ``"bad_channels"``, ``"bad_rate"`` -- stable strings for skip/flag reports.
+            ``"bad_channels"``, ``"bad_rate"``, ``"too_short"`` -- stable strings for skip/flag reports.
     """
 
     REASONS = frozenset(
-        {"missing", "empty", "unreadable", "non_finite", "bad_channels", "bad_rate"}
+        {"missing", "empty", "unreadable", "non_finite", "bad_channels", "bad_rate", "too_short"}
     )
 
     def __init__(self, path: str | Path, reason: str, detail: str) -> None:

@@ -53,8 +53,8 @@ import torch
 from tqdm import tqdm
 
 from clapart_core.clap import ModelNotFoundError
-from clapart_core.decoded_audio import PCM_SCALE, read_batch
-from clapart_core.features import BEATS_SAMPLE_RATE, length_buckets
+from clapart_core.decoded_audio import PCM_SCALE
+from clapart_core.features import BEATS_SAMPLE_RATE, per_patch_outputs
 from clapart_core.storage import RaggedReader, model_fingerprint, write_tokens
 
 log = logging.getLogger(__name__)
@@ -341,8 +341,6 @@ def extract_beats_tokenizer_tokens(
     get ``T = 0``. ``spec`` (checkpoint or random cfg + seed) and ``pretrained`` are recorded in
     the metadata, with the weights' fingerprint. Returns the number of clips written.
     """
-    from clapart_core.beats import num_patches
-
     audio_h5 = Path(audio_h5)
     codebook_size = int(tokenizer_model.config.quant_n)
     if codebook_size > _MAX_CODEBOOK_SIZE:
@@ -360,23 +358,11 @@ def extract_beats_tokenizer_tokens(
             "frame_rate_hz": BEATS_PATCH_RATE_HZ,
             **(metadata or {}),
         }
-        lengths = np.diff(reader.offsets)
         autocast_dtype = torch.bfloat16 if bf16 else None
 
-        def items() -> Iterator[tuple[str, np.ndarray]]:
-            bar = tqdm(total=len(reader), desc=f"beats-tokenizer {audio_h5.stem}", unit="clip")
-            for index in length_buckets(lengths, batch_size):
-                valid = [num_patches(int(lengths[i])) for i in index]
-                runnable = [k for k, v in enumerate(valid) if v > 0]
-                labels: dict[int, np.ndarray] = {}
-                if runnable:
-                    wave, mask = read_batch(reader, index[runnable])
-                    out = model.extract_labels(wave.to(device), mask.to(device), autocast_dtype=autocast_dtype).cpu().numpy()
-                    for row, k in enumerate(runnable):
-                        labels[k] = out[row, : valid[k], None]  # [T, 1]
-                for k, i in enumerate(index):
-                    yield reader.clip_ids[i], labels.get(k, np.zeros((0, 1), np.int64))
-                bar.update(len(index))
-            bar.close()
+        def run(wave: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+            labels = model.extract_labels(wave.to(device), mask.to(device), autocast_dtype=autocast_dtype)
+            return labels.cpu().numpy()[:, :, None]  # [B, N, 1]: one codebook
 
-        return write_tokens(out_parquet, items(), meta)
+        items = per_patch_outputs(reader, run, batch_size, np.zeros((0, 1), np.int64), f"beats-tokenizer {audio_h5.stem}")
+        return write_tokens(out_parquet, items, meta)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,17 +28,108 @@ def audio_path(out_dir: Path, sample_rate: int, split: str) -> Path:
     return Path(out_dir) / f"sr{sample_rate}" / f"{split}.h5"
 
 
+#: shortest clip every encoder can use: one BEATs patch = 16 fbank frames = 2800 samples at 16 kHz
+MIN_SECONDS = 2800 / 16_000
+
+
+class ClipDecodeError(RuntimeError):
+    """``decode.on_error: fail`` met a clip it cannot use; the message is one line."""
+
+
+@dataclass
+class DecodeReport:
+    """What the decode stage skipped (never seen by later stages) and flagged (kept, suspicious)."""
+
+    on_error: str
+    n_clips: int = 0
+    n_decoded: int = 0
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    flagged: list[dict[str, str]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "on_error": self.on_error,
+            "n_clips": self.n_clips,
+            "n_decoded": self.n_decoded,
+            "n_skipped": len(self.skipped),
+            "n_flagged": len(self.flagged),
+            "skipped": self.skipped,
+            "flagged": self.flagged,
+        }
+
+
+def riff_truncated(path: Path) -> bool:
+    """True if a RIFF/WAV file's ``data`` chunk claims more bytes than the file holds.
+
+    libsndfile quietly shortens such a file to what is there, so its frame count alone cannot
+    tell a truncated download from a short recording.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RF64") or head[8:12] != b"WAVE":
+            return False
+        size = path.stat().st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return False
+            cid, n = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"data":
+                return n != 0xFFFFFFFF and f.tell() + n > size
+            f.seek(n + (n & 1), 1)
+
+
+def decode_clip(path: Path, sample_rates: Sequence[int], max_seconds: float | None) -> tuple[dict[int, np.ndarray], list[str]]:
+    """Decode one file at every rate; returns the waves and the reasons to flag it (may be empty).
+
+    Raises:
+        AudioDecodeError: the file cannot be used (missing, empty, unreadable, non-finite, bad
+            channel count or rate, shorter than one BEATs patch).
+    """
+    from clapart_core.audio import AudioDecodeError, audio_info, load_audio
+
+    sr_file, _, frames = audio_info(path)
+    duration = frames / sr_file
+    if duration < MIN_SECONDS:
+        raise AudioDecodeError(path, "too_short", f"{duration:.3f} s is shorter than one BEATs patch ({MIN_SECONDS:.3f} s)")
+    waves = {sr: load_audio(path, sr, max_seconds=max_seconds) for sr in sample_rates}
+    flags = []
+    if max_seconds is not None and duration > max_seconds:
+        flags.append(f"cropped: {duration:.2f} s is longer than decode.max_seconds={max_seconds:g}, kept the first {max_seconds:g} s")
+    sr0 = sample_rates[0]
+    if riff_truncated(path):
+        flags.append(f"truncated: the file ends inside its audio data; kept the {len(waves[sr0]) / sr0:.2f} s that could be read")
+    if len(waves[sr0]) / sr0 < MIN_SECONDS:
+        raise AudioDecodeError(path, "too_short", f"only {len(waves[sr0]) / sr0:.3f} s could be read, less than one BEATs patch")
+    if not np.any(waves[sr0]):
+        flags.append("silent: every sample is zero")
+    return waves, flags
+
+
 def decode_split(
-    manifest: pa.Table, root: Path, split: str, out_dir: Path, sample_rates: Sequence[int], max_seconds: float | None
-) -> int:
+    manifest: pa.Table,
+    root: Path,
+    split: str,
+    out_dir: Path,
+    sample_rates: Sequence[int],
+    max_seconds: float | None,
+    on_error: str = "fail",
+    report: DecodeReport | None = None,
+) -> DecodeReport:
     """Decode one split's clips to mono int16 PCM at each rate (one ragged file per rate).
 
-    Returns the number of clips written.
+    ``on_error="fail"`` raises :class:`ClipDecodeError` (one line naming clip, file and problem)
+    at the first unusable clip, before any file is completed; ``"skip"`` leaves the clip out of
+    every rate's file and records it in the report. Suspicious clips that are kept (all-zero,
+    truncated, cropped) are flagged in both modes.
     """
     # imported here so that stages which only *read* decoded audio do not depend on the decoders
-    from clapart_core.audio import load_audio
+    from clapart_core.audio import AudioDecodeError
     from clapart_core.datasets import resolve_audio_path
 
+    if on_error not in ("fail", "skip"):
+        raise ValueError(f"decode.on_error must be 'fail' or 'skip', got {on_error!r}")
+    report = report or DecodeReport(on_error)
     rows = manifest.filter(pc.equal(manifest["split"], split)).to_pylist()
     with contextlib.ExitStack() as stack:
         writers = {
@@ -46,13 +139,20 @@ def decode_split(
             for sr in sample_rates
         }
         for row in tqdm(rows, desc=f"decode {split}", unit="clip"):
+            report.n_clips += 1
             path = resolve_audio_path(root, row["audio_path"])
+            try:
+                waves, flags = decode_clip(path, sample_rates, max_seconds)
+            except AudioDecodeError as err:
+                if on_error == "fail":
+                    raise ClipDecodeError(f"clip {row['clip_id']!r} ({path}): {err.detail} [{err.reason}]") from None
+                report.skipped.append({"clip_id": row["clip_id"], "path": str(path), "reason": f"{err.reason}: {err.detail}"})
+                continue
+            report.flagged += [{"clip_id": row["clip_id"], "path": str(path), "reason": f} for f in flags]
             for sr, writer in writers.items():
-                wave = load_audio(path, sr, max_seconds=max_seconds)
-                writer.append(row["clip_id"], np.round(np.clip(wave, -1.0, 1.0) * PCM_SCALE).astype(np.int16))
-    return len(rows)
-
-
+                writer.append(row["clip_id"], np.round(np.clip(waves[sr], -1.0, 1.0) * PCM_SCALE).astype(np.int16))
+            report.n_decoded += 1
+    return report
 
 
 def read_batch(reader: RaggedReader, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ embeddings, plus the frame sampling the codebook fit uses. Each function streams
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,31 +45,47 @@ def extract_beats_features(
     equal the clip run alone (the encoder masks per clip, see :mod:`clapart_core.beats`).
     Clips shorter than one patch (0.175 s) get ``T = 0`` rows.
     """
-    from clapart_core.beats import num_patches
-
     reader = RaggedReader(audio_h5)
-    lengths = np.diff(reader.offsets)
     dim = int(model.config.encoder_embed_dim)
     model = model.to(device).eval()
     autocast_dtype = torch.bfloat16 if bf16 else None
     info = {"sample_rate": BEATS_SAMPLE_RATE, "frame_rate_hz": 100 / 16 * 8, "dtype": "float16", **(attrs or {})}
-    with reader, RaggedWriter(out_h5, (dim,), np.float16, attrs=info) as writer, torch.inference_mode():
-        bar = tqdm(total=len(reader), desc=f"beats {Path(audio_h5).stem}", unit="clip")
+
+    def run(wave: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+        out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device), autocast_dtype=autocast_dtype)
+        return out.float().cpu().numpy()
+
+    with reader, RaggedWriter(out_h5, (dim,), np.float16, attrs=info) as writer:
+        for clip_id, feats in per_patch_outputs(reader, run, batch_size, np.zeros((0, dim), np.float32), f"beats {Path(audio_h5).stem}"):
+            writer.append(clip_id, feats)
+    return len(reader)
+
+
+def per_patch_outputs(
+    reader: RaggedReader, run: Callable[[torch.Tensor, torch.Tensor], np.ndarray], batch_size: int, empty: np.ndarray, desc: str
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Run a BEATs-family model over a 16 kHz decoded-audio file in length buckets and yield each
+    clip's own valid patches, ``(clip_id, out[:T])`` with ``T = 8·⌊F/16⌋``, in bucket order.
+
+    ``run(wave [B, S], padding_mask [B, S]) -> [B, N, ...]`` (per-clip masking, so a row equals
+    the clip alone). Clips shorter than one patch yield ``empty`` (``T = 0``).
+    """
+    from clapart_core.beats import num_patches
+
+    lengths = np.diff(reader.offsets)
+    bar = tqdm(total=len(reader), desc=desc, unit="clip")
+    with torch.inference_mode():
         for index in length_buckets(lengths, batch_size):
             valid = [num_patches(int(lengths[i])) for i in index]
             runnable = [k for k, v in enumerate(valid) if v > 0]
-            feats: dict[int, np.ndarray] = {}
+            outs: dict[int, np.ndarray] = {}
             if runnable:
-                wave, mask = read_batch(reader, index[runnable])
-                out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device), autocast_dtype=autocast_dtype)
-                out = out.float().cpu().numpy()
-                for row, k in enumerate(runnable):
-                    feats[k] = out[row, : valid[k]]
+                out = run(*read_batch(reader, index[runnable]))
+                outs = {k: out[row, : valid[k]] for row, k in enumerate(runnable)}
             for k, i in enumerate(index):
-                writer.append(reader.clip_ids[i], feats.get(k, np.zeros((0, dim), np.float32)))
+                yield reader.clip_ids[i], outs.get(k, empty)
             bar.update(len(index))
-        bar.close()
-    return len(lengths)
+    bar.close()
 
 
 def extract_clap_embeddings(encoder: Any, audio_h5: Path, out_h5: Path, *, batch_size: int, attrs: dict[str, Any] | None = None) -> int:

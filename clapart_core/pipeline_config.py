@@ -27,7 +27,7 @@ def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     if etype not in ENCODER_TYPES:
         raise ValueError(f"params.yaml: encoder.type={etype!r} is not one of {', '.join(ENCODER_TYPES)}")
     rates = {ENCODEC_RATE if etype == "encodec" else BEATS_RATE, CLAP_RATE}
-    decode = {"sample_rates": sorted(rates), "max_seconds": params["decode"]["max_seconds"]}
+    decode = {"sample_rates": sorted(rates), "max_seconds": params["decode"]["max_seconds"], "on_error": params["decode"]["on_error"]}
 
     seed = params["seed"]
     if etype == "beats_rvq":

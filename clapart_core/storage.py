@@ -120,6 +120,7 @@ class RaggedWriter:
         self._file.create_dataset("offsets", data=np.asarray(self._offsets, dtype=np.int64))
         self._file.create_dataset("clip_ids", data=np.asarray(self._ids, dtype=object), dtype=h5py.string_dtype())
         for key, value in self.attrs.items():
+            value = value.item() if isinstance(value, np.generic) else value  # e.g. attrs copied from a reader
             self._file.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
         self._file.close()
         os.replace(tmp, self.path)

@@ -1,9 +1,11 @@
-"""Stage `decode`: every manifest clip -> mono int16 PCM at each rate the encoders need, data/audio/sr{rate}/{split}.h5."""
+"""Stage `decode`: every manifest clip -> mono int16 PCM at each rate the encoders need, data/audio/sr{rate}/{split}.h5;
+skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip)."""
 
+import json
 from pathlib import Path
 
 from clapart_core.datasets import read_manifest
-from clapart_core.decoded_audio import decode_split
+from clapart_core.decoded_audio import ClipDecodeError, DecodeReport, decode_split
 from clapart_core.params import start_stage
 from clapart_core.pipeline_config import read_config
 from clapart_core.storage import SPLITS
@@ -12,5 +14,11 @@ if __name__ == "__main__":
     start_stage("decode")
     cfg = read_config("decode")
     manifest, root = read_manifest(Path("data/corpus/manifest.parquet"))
-    for split in SPLITS:
-        decode_split(manifest, root, split, Path("data/audio"), cfg["sample_rates"], cfg["max_seconds"])
+    report = DecodeReport(cfg["on_error"])
+    try:
+        for split in SPLITS:
+            decode_split(manifest, root, split, Path("data/audio"), cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
+    except ClipDecodeError as err:
+        raise SystemExit(f"error: decode: {err} (set decode.on_error: skip to leave such clips out)") from None
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/decode.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
