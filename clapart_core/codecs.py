@@ -275,7 +275,7 @@ def encodec_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu") 
 def _check_rate(reader: RaggedReader, audio_h5: Path, needed: int, what: str) -> None:
     have = int(reader.attrs["sample_rate"])
     if have != needed:
-        raise ValueError(f"{audio_h5} holds {have} Hz audio but {what} needs {needed} Hz: add {needed} to decode.sample_rates")
+        raise ValueError(f"{audio_h5} holds {have} Hz audio but {what} needs {needed} Hz: rerun decode for this encoder.type (dvc repro)")
 
 
 def extract_encodec_tokens(

@@ -94,7 +94,7 @@ def extract_clap_embeddings(encoder: Any, audio_h5: Path, out_h5: Path, *, batch
     if int(reader.attrs["sample_rate"]) != encoder.sample_rate:
         raise ValueError(
             f"{audio_h5} holds {reader.attrs['sample_rate']} Hz audio but the CLAP model needs {encoder.sample_rate} Hz: "
-            "add that rate to decode.sample_rates"
+            "rerun decode (dvc repro), which writes the rates the configured encoders need"
         )
     info = {"sample_rate": encoder.sample_rate, "dtype": "float32", "dim": encoder.dim, **(attrs or {})}
     ids = reader.clip_ids

@@ -148,7 +148,7 @@ def test_encodec_tokens_parquet_round_trip(encodec, decoded: Path, tmp_path: Pat
             np.testing.assert_array_equal(codes, alone)
     # the recorded spec rebuilds the very same weights (what captioning raw audio relies on)
     assert model_fingerprint(encodec_from_spec(meta["encoder"]["spec"]).model) == meta["encoder"]["weights_sha256"]
-    with pytest.raises(ValueError, match="add 24000 to decode.sample_rates"):
+    with pytest.raises(ValueError, match="needs 24000 Hz: rerun decode"):
         extract_encodec_tokens(encodec, audio_path(decoded, 16000, "train"), tmp_path / "x.parquet", bandwidth=12.0)
     assert not (tmp_path / "x.parquet").exists()
 
@@ -177,5 +177,5 @@ def test_beats_tokenizer_tokens_match_each_clip_alone(decoded: Path, tmp_path: P
                 np.testing.assert_array_equal(a[:, 0], alone.numpy())
                 assert a.min() >= 0 and a.max() < 64
     assert one.codes[one.clip_ids.index("c2")].shape == (0, 1)  # 0.1 s: shorter than one patch
-    with pytest.raises(ValueError, match="add 16000 to decode.sample_rates"):
+    with pytest.raises(ValueError, match="needs 16000 Hz: rerun decode"):
         extract_beats_tokenizer_tokens(model, audio_path(decoded, 24000, "train"), tmp_path / "x.parquet", spec=spec, pretrained=False)

@@ -80,6 +80,8 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
     assert (project / "dvclive/plots/metrics/train/loss.tsv").is_file()
     rvq = json.loads((project / "metrics/rvq.json").read_text())
     assert len(rvq["layers"]) == 4
+    decode = json.loads((project / "metrics/decode.json").read_text())
+    assert decode["on_error"] == "fail" and decode["n_skipped"] == 0 and decode["n_decoded"] == decode["n_clips"] > 0
     # a user's own file: stereo 44.1 kHz float, captioned through the model directory's front end
     import numpy as np
     import soundfile as sf
