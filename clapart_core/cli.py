@@ -20,11 +20,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split
 
 STAGES = {
     "corpus": "Build data/corpus/manifest.parquet (generates the demo corpus for data.source=demo).",
-    "decode": "Decode every clip to mono PCM at the encoders' sample rates (data/audio).",
-    "features": "Extract BEATs patch features per split (data/features/beats).",
+    "configure": "Resolve params.yaml into the settings that apply to encoder.type; check named models exist (data/config).",
+    "decode": "Decode every clip to mono PCM at the encoders' sample rates; skip/flag report (data/audio, metrics/decode.json).",
+    "features": "BEATs patch features, or the codes of beats_tokenizer / encodec, per split (data/features/encoder).",
     "clap": "Extract the global CLAP audio embedding per clip (data/features/clap).",
     "codebooks": "Fit the residual k-means codebooks on training features (data/codebooks/rvq.npz).",
-    "tokenize": "Quantise features with the first rvq.layers codebooks (data/tokens).",
+    "tokenize": "Token Parquet per split: RVQ codes of the first rvq.layers codebooks, or the discrete codes (data/tokens).",
     "train": "Train the BART captioner (data/model, dvclive).",
     "score": "Caption the test split and score it (data/predictions, metrics/scores.json).",
 }
