@@ -325,6 +325,7 @@ def _finish_corpus(
     *,
     source: str,
     strict: bool,
+    allow_unlisted: bool = False,
     missing_splits: tuple[str, ...] = (),
     dropped: int = 0,
     audio_dirs: tuple[str, ...] | None = None,
@@ -336,7 +337,11 @@ def _finish_corpus(
         root: corpus root; ``rows`` hold audio paths relative to it.
         rows: every clip the CSVs list, in manifest order.
         source: stored as ``clapart.source``.
-        strict: make missing, unreadable and unlisted audio files errors.
+        strict: make missing and unreadable audio files errors (they are reported otherwise).
+        allow_unlisted: report audio files no CSV names instead of failing. By default they are
+            an error: a captioned corpus with uncaptioned audio beside it is almost always a
+            CSV that lost rows or a file renamed on disk, and it is cheap to say so here,
+            before hours of feature extraction.
         missing_splits: splits without a CSV (reported).
         dropped: empty captions dropped while reading (reported).
         audio_dirs: folders (relative to ``root``) searched for audio no CSV names; ``None``
@@ -378,14 +383,17 @@ def _finish_corpus(
         )
     unlisted = [rel for rel in on_disk if rel not in listed]
 
+    if unlisted and not allow_unlisted:
+        raise ManifestError(
+            f"{root}: {len(unlisted)} audio file(s) are not named by any CSV: {_examples(unlisted)} "
+            "(add them to a CSV, remove them, or set data.allow_unlisted: true to only report them)"
+        )
     if strict:
         problems = []
         if missing:
             problems.append(f"{len(missing)} audio file(s) named in the CSVs are missing: {_examples(missing)}")
         if unreadable:
             problems.append(f"{len(unreadable)} audio file(s) are unreadable: {_examples(unreadable)}")
-        if unlisted:
-            problems.append(f"{len(unlisted)} audio file(s) are not named by any CSV: {_examples(unlisted)}")
         if problems:
             raise ManifestError(f"{root}: " + "; ".join(problems))
     if not kept:
@@ -428,14 +436,17 @@ def _finish_corpus(
 # Folder corpus
 
 
-def scan_folder_corpus(root: str | Path, *, strict: bool = False) -> tuple[pa.Table, CorpusReport]:
+def scan_folder_corpus(
+    root: str | Path, *, strict: bool = False, allow_unlisted: bool = False
+) -> tuple[pa.Table, CorpusReport]:
     """Read a ``folder`` corpus into a manifest table plus a report of what was left out.
 
     Args:
         root: folder holding ``train.csv`` (required), ``val.csv`` / ``test.csv`` (optional)
             and the audio files they name (``file_name`` relative to ``root``).
-        strict: make missing, unreadable and unlisted audio files errors instead of reported
+        strict: make missing and unreadable audio files errors instead of reported
             omissions (use it to fail before a long stage).
+        allow_unlisted: only report audio files that no CSV names (by default an error).
 
     Returns:
         ``(table, report)``; the table follows :data:`MANIFEST_SCHEMA` with the root, source
@@ -444,8 +455,9 @@ def scan_folder_corpus(root: str | Path, *, strict: bool = False) -> tuple[pa.Ta
 
     Raises:
         ManifestError: missing ``train.csv``, a bad CSV (missing column, ragged row, path
-            escaping the root, clip without captions), duplicate clip ids, or in ``strict``
-            mode any missing/unreadable/unlisted audio file.
+            escaping the root, clip without captions), duplicate clip ids, audio that no CSV
+            names (unless ``allow_unlisted``), or in ``strict`` mode any missing/unreadable
+            audio file.
     """
     root = Path(root)
     if not root.is_dir():
@@ -465,13 +477,19 @@ def scan_folder_corpus(root: str | Path, *, strict: bool = False) -> tuple[pa.Ta
         rows.extend(split_rows)
         dropped += n_dropped
     return _finish_corpus(
-        root, rows, source="folder", strict=strict, missing_splits=tuple(missing_splits), dropped=dropped
+        root,
+        rows,
+        source="folder",
+        strict=strict,
+        allow_unlisted=allow_unlisted,
+        missing_splits=tuple(missing_splits),
+        dropped=dropped,
     )
 
 
-def read_folder_corpus(root: str | Path, *, strict: bool = False) -> pa.Table:
+def read_folder_corpus(root: str | Path, *, strict: bool = False, allow_unlisted: bool = False) -> pa.Table:
     """:func:`scan_folder_corpus` without the report object (it stays in the table metadata)."""
-    return scan_folder_corpus(root, strict=strict)[0]
+    return scan_folder_corpus(root, strict=strict, allow_unlisted=allow_unlisted)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +615,7 @@ def _aac_layout_error(source: str, root: Path, what: Path, problem: str) -> Mani
 
 
 def scan_clotho_corpus(
-    root: str | Path, *, strict: bool = False, version: str = "v2.1"
+    root: str | Path, *, strict: bool = False, allow_unlisted: bool = False, version: str = "v2.1"
 ) -> tuple[pa.Table, CorpusReport]:
     """Read Clotho as aac-datasets lays it out (see :func:`clotho_paths`) into a manifest.
 
@@ -633,6 +651,7 @@ def scan_clotho_corpus(
         rows,
         source="clotho",
         strict=strict,
+        allow_unlisted=allow_unlisted,
         missing_splits=tuple(s for s in SPLITS if s not in _clotho_splits(version)),
         dropped=dropped,
         audio_dirs=tuple(audio_dirs),
@@ -644,6 +663,7 @@ def scan_audiocaps_corpus(
     root: str | Path,
     *,
     strict: bool = False,
+    allow_unlisted: bool = False,
     version: str = "v1",
     sample_rate: int = 32_000,
     audio_format: str = "flac",
@@ -688,6 +708,7 @@ def scan_audiocaps_corpus(
         rows,
         source="audiocaps",
         strict=strict,
+        allow_unlisted=allow_unlisted,
         dropped=dropped,
         audio_dirs=tuple(audio_dirs),
         extra={"dataset": "audiocaps", "version": version, "sample_rate": sample_rate, "listed_per_split": listed},
@@ -829,7 +850,13 @@ def corpus_report(table: pa.Table) -> dict[str, Any]:
 
 
 def build_manifest(
-    source: str, root: str | Path, *, strict: bool = False, download: bool = False, **source_options: Any
+    source: str,
+    root: str | Path,
+    *,
+    strict: bool = False,
+    allow_unlisted: bool = False,
+    download: bool = False,
+    **source_options: Any,
 ) -> pa.Table:
     """Build the manifest table for a corpus.
 
@@ -839,7 +866,7 @@ def build_manifest(
             ``"clotho"`` or ``"audiocaps"`` (aac-datasets' layout, see
             :func:`scan_clotho_corpus` / :func:`scan_audiocaps_corpus`).
         root: corpus root; stored in the table metadata as given.
-        strict: see :func:`scan_folder_corpus`.
+        strict, allow_unlisted: see :func:`scan_folder_corpus`.
         download: ``clotho`` / ``audiocaps`` only: first fetch the splits not yet in ``root``
             with aac-datasets (:func:`download_corpus`). Reading never needs aac-datasets.
         source_options: for ``demo``, the keyword arguments of
@@ -859,7 +886,7 @@ def build_manifest(
     if source == "folder":
         if source_options:
             raise ValueError(f"source 'folder' takes no options, got {', '.join(sorted(source_options))}")
-        return read_folder_corpus(root, strict=strict)
+        return read_folder_corpus(root, strict=strict, allow_unlisted=allow_unlisted)
     if source == "demo":
         allowed = set(inspect.signature(generate_demo_corpus).parameters) - {"root"}
         unknown = sorted(set(source_options) - allowed)
@@ -883,7 +910,7 @@ def build_manifest(
         if download:
             download_corpus(source, root, **source_options)
         scan = scan_clotho_corpus if source == "clotho" else scan_audiocaps_corpus
-        return scan(root, strict=strict, **source_options)[0]
+        return scan(root, strict=strict, allow_unlisted=allow_unlisted, **source_options)[0]
     raise ValueError(f"unsupported data source {source!r}; supported sources: {', '.join(SUPPORTED_SOURCES)}")
 
 

@@ -1,11 +1,22 @@
-"""Reading ``params.yaml`` (the one place every stage's settings come from)."""
+"""Reading ``params.yaml`` (the one place every stage's settings come from) and where each
+training phase keeps its artifacts."""
 
 from __future__ import annotations
 
+import argparse
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+#: the sections of a ``finetune.NAME`` entry, overlaid on the top-level ones: the fine-tuning
+#: corpus and its training recipe. Both are required (``train: {}`` keeps the first phase's
+#: recipe) because dvc.yaml tracks each one as a param of its own stages, so a recipe change
+#: reruns only the fine-tune. The encoder, codebooks and captioner architecture are those of the
+#: model being fine-tuned, so nothing else can change.
+FINETUNE_SECTIONS = ("data", "train")
 
 
 def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
@@ -31,9 +42,122 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def start_stage(name: str, path: Path | str = "params.yaml") -> dict[str, Any]:
-    """Common start of every ``stages/*.py``: log to stderr with timestamps, return the params."""
-    import logging
+@dataclass(frozen=True)
+class Workspace:
+    """The artifact paths of one training phase (all relative to the project root).
 
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {name} %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return load_params(path)
+    The main run (``phase`` None) lives in ``data/``, ``metrics/`` and ``dvclive/``. A fine-tuning
+    phase ``NAME`` (params ``finetune.NAME``; the paper fine-tunes its AudioCaps model on Clotho)
+    runs the corpus -> tokens chain on its own corpus into ``data/finetune/NAME/`` and trains
+    from ``data/model``. Every phase shares ``data/config`` (the encoder settings) and
+    ``data/codebooks``: a fine-tuned model must read tokens from the codebooks it learned.
+    """
+
+    phase: str | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path("data") if self.phase is None else Path("data/finetune") / self.phase
+
+    @property
+    def metrics(self) -> Path:
+        return Path("metrics") if self.phase is None else Path("metrics/finetune") / self.phase
+
+    @property
+    def live(self) -> Path:
+        return Path("dvclive") if self.phase is None else Path("dvclive/finetune") / self.phase
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "corpus/manifest.parquet"
+
+    @property
+    def audio(self) -> Path:
+        return self.root / "audio"
+
+    @property
+    def encoder_features(self) -> Path:
+        return self.root / "features/encoder"
+
+    @property
+    def clap_features(self) -> Path:
+        return self.root / "features/clap"
+
+    @property
+    def tokens(self) -> Path:
+        return self.root / "tokens"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def init_model(self) -> Path | None:
+        """The model this phase starts from: None for the main run, ``data/model`` for a fine-tune."""
+        return None if self.phase is None else Path("data/model")
+
+
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in recursively (overlay wins; neither is modified)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def phase_params(params: dict[str, Any], phase: str | None) -> dict[str, Any]:
+    """The params a stage of ``phase`` runs with: the top level, overlaid by ``finetune.<phase>``.
+
+    Raises:
+        ValueError: the phase is not under ``finetune``, or its entry overrides a section that a
+            fine-tune cannot change (see :data:`FINETUNE_SECTIONS`).
+    """
+    if phase is None:
+        return params
+    phases = params.get("finetune") or {}
+    if phase not in phases:
+        raise ValueError(f"params.yaml: no finetune.{phase} entry (phases: {', '.join(phases) or 'none'})")
+    overlay = phases[phase] or {}
+    bad = sorted(set(overlay) - set(FINETUNE_SECTIONS))
+    if bad:
+        raise ValueError(
+            f"params.yaml: finetune.{phase} may hold only {', '.join(FINETUNE_SECTIONS)}, not {', '.join(bad)} "
+            "(the encoder, codebooks and captioner are those of the model being fine-tuned)"
+        )
+    missing = [key for key in FINETUNE_SECTIONS if not isinstance(overlay.get(key), dict)]
+    if missing:
+        raise ValueError(f"params.yaml: finetune.{phase} needs a mapping for {', '.join(missing)} (`train: {{}}` keeps the first phase's recipe)")
+    return _merge(params, overlay)
+
+
+def start_stage(name: str, path: Path | str = "params.yaml", argv: list[str] | None = None) -> tuple[dict[str, Any], Workspace]:
+    """Common start of every ``stages/*.py``: log to stderr with timestamps, read the params.
+
+    ``--phase NAME`` on the command line (used by the ``finetune`` stages of dvc.yaml) selects a
+    fine-tuning phase: the params come overlaid by ``finetune.NAME`` and the paths are that
+    phase's (see [`Workspace`]).
+
+    Returns:
+        ``(params, workspace)``.
+    """
+    import logging
+    import sys
+
+    parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
+    parser.add_argument("--phase", default=None, help="a finetune.NAME entry of params.yaml")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    label = name if args.phase is None else f"{name}@{args.phase}"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(name)s: %(message)s", datefmt="%H:%M:%S")
+    params = load_params(path)
+    try:
+        params = phase_params(params, args.phase)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    return params, Workspace(args.phase)

@@ -128,4 +128,22 @@ def preflight(params: dict[str, Any]) -> list[str]:
             )
         if found is None:
             notes.append(f"{key} = {name!r} is not cached: it will be downloaded")
+    for phase in params.get("finetune") or {}:
+        _check_finetune_phase(params, phase)
     return notes
+
+
+def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
+    """A ``finetune.NAME`` entry must be a valid overlay whose corpus root exists (or is downloaded)."""
+    from .datasets import SUPPORTED_SOURCES
+    from .params import phase_params
+
+    try:
+        data = phase_params(params, phase)["data"]
+    except ValueError as err:
+        raise PreflightError(str(err)) from None
+    where = f"params.yaml: finetune.{phase}.data"
+    if data["source"] not in SUPPORTED_SOURCES:
+        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(SUPPORTED_SOURCES)}")
+    if data["source"] != "demo" and not data.get("download") and not Path(data["root"]).is_dir():
+        raise PreflightError(f"{where}.root = {data['root']!r} is not a folder (set download: true to fetch {data['source']})")

@@ -211,6 +211,35 @@ def build_captioner(
     return ClapArtForCaptioning(ClapArtConfig(bart=bart_config, **head_kwargs))
 
 
+def load_for_finetuning(
+    model_dir: Path, model_params: dict, train_params: dict, *, num_codebooks: int
+) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
+    """A trained captioner and its tokenizer, ready to be fine-tuned on tokens of the same kind.
+
+    Raises:
+        FileNotFoundError: ``model_dir`` is not a trained captioner (the first phase has not run).
+        ValueError: the new tokens do not fit the model (other codebook count or size), or
+            ``use_clap`` differs from the model's.
+    """
+    from .decoding import load_captioner  # decoding imports this module's Batch
+
+    model, tokenizer = load_captioner(model_dir)
+    config = model.config
+    if (config.num_codebooks, config.codebook_size) != (num_codebooks, int(model_params["codebook_size"])):
+        raise ValueError(
+            f"{model_dir} was trained on {config.num_codebooks} codebooks of {config.codebook_size} codes, "
+            f"the fine-tuning tokens have {num_codebooks} of {model_params['codebook_size']}: "
+            "tokenize the fine-tuning corpus with the first phase's encoder and codebooks"
+        )
+    if config.use_clap != bool(model_params["use_clap"]):
+        raise ValueError(f"{model_dir} has use_clap={config.use_clap}, params say model.use_clap={model_params['use_clap']}")
+    # The fine-tuning recipe may change the auxiliary losses; the architecture stays.
+    for key in ("mcm_prob", "mcm_span", "mcm_weight", "label_smoothing"):
+        setattr(config, key, type(getattr(config, key))(train_params[key]))
+    logger.info("fine-tuning %s", model_dir)
+    return model, tokenizer
+
+
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; biases and LayerNorm weights are not decayed (the usual transformers convention)."""
     decay, no_decay = [], []
@@ -286,6 +315,7 @@ def train_captioner(
     out_dir: Path,
     live_dir: Path | None,
     seed: int,
+    init_from: Path | None = None,
 ) -> dict:
     """Train the captioner and save it (HF ``save_pretrained`` layout, with its tokenizer) to ``out_dir``.
 
@@ -301,6 +331,10 @@ def train_captioner(
         live_dir: dvclive directory (``train/*`` every ``log_every`` steps, ``val/loss`` per
             epoch), or None for no dvclive logging.
         seed: seeds the global torch RNG (init, dropout) and the shuffle/crop/MCM generators.
+        init_from: a trained captioner directory to fine-tune (the paper's Clotho phase starts
+            from its AudioCaps model): its weights, tokenizer and architecture are used and
+            ``model_params`` other than ``codebook_size``/``use_clap`` (checked) are ignored;
+            the MCM and label-smoothing settings come from ``train_params``.
 
     Returns:
         Summary: ``steps``, ``epochs``, ``first_step_loss``, ``final_loss``,
@@ -313,7 +347,7 @@ def train_captioner(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads)
+        return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, init_from)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -327,6 +361,7 @@ def _train(
     live_dir: Path | None,
     seed: int,
     threads: int,
+    init_from: Path | None = None,
 ) -> dict:
     """The body of [`train_captioner`], run with the requested thread count."""
     device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
@@ -337,18 +372,17 @@ def _train(
     crop_gen = torch.Generator().manual_seed(seed + 1)
     mcm_gen = torch.Generator().manual_seed(seed + 2)
 
-    tokenizer = make_tokenizer(model_params, train)
     use_clap = bool(model_params["use_clap"])
     if use_clap and train[0].clap is None:
         raise ValueError("model.use_clap is true but the training clips carry no CLAP embeddings")
-    clap_dim = int(np.asarray(train[0].clap).shape[0]) if use_clap else 512  # 512: unused without CLAP
-    model = build_captioner(
-        model_params,
-        train_params,
-        vocab_size=len(tokenizer),
-        num_codebooks=int(np.asarray(train[0].codes).shape[1]),
-        clap_dim=clap_dim,
-    ).to(device)
+    num_codebooks = int(np.asarray(train[0].codes).shape[1])
+    if init_from is not None:
+        model, tokenizer = load_for_finetuning(Path(init_from), model_params, train_params, num_codebooks=num_codebooks)
+    else:
+        tokenizer = make_tokenizer(model_params, train)
+        clap_dim = int(np.asarray(train[0].clap).shape[0]) if use_clap else 512  # 512: unused without CLAP
+        model = build_captioner(model_params, train_params, vocab_size=len(tokenizer), num_codebooks=num_codebooks, clap_dim=clap_dim)
+    model = model.to(device)
     model.train()
     max_label = model.config.bart.max_position_embeddings
     train_ids = [tokenize_captions(tokenizer, ex.captions, max_label) for ex in train]
@@ -469,7 +503,8 @@ def _train(
         "n_train_pairs": len(pairs),
         "vocab_size": len(tokenizer),
         "device": str(device),
-        "pretrained": bool(model_params.get("pretrained")),
+        "pretrained": bool(model_params.get("pretrained")) or init_from is not None,
+        "init_from": None if init_from is None else str(init_from),
         "seed": seed,
     }
     _save_atomically(model.to("cpu"), tokenizer, summary, Path(out_dir))

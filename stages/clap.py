@@ -1,9 +1,8 @@
 """Stage `clap`: the global CLAP audio embedding per clip, data/features/clap/{split}.h5 ([1, 512] per clip).
+--phase NAME: the fine-tuning corpus.
 
 Kept apart from `features` so that a CLAP change does not recompute BEATs features (and vice versa).
 """
-
-from pathlib import Path
 
 from clapart_core.clap import CLAP_SAMPLE_RATE, load_clap, random_clap
 from clapart_core.decoded_audio import audio_path
@@ -12,12 +11,12 @@ from clapart_core.storage import SPLITS, model_fingerprint
 from clapart_core.params import resolve_device, start_stage
 
 if __name__ == "__main__":
-    params = start_stage("clap")
+    params, ws = start_stage("clap")
     cfg = params["clap"]
     encoder = load_clap(cfg["checkpoint"], resolve_device(cfg["device"])) if cfg["checkpoint"] else random_clap(seed=params["seed"])
     spec = {"checkpoint": cfg["checkpoint"], "seed": params["seed"]}
     attrs = {"encoder": "clap", "spec": spec, "pretrained": encoder.pretrained, "weights_sha256": model_fingerprint(encoder.model)}
     for split in SPLITS:
         extract_clap_embeddings(
-            encoder, audio_path(Path("data/audio"), CLAP_SAMPLE_RATE, split), Path(f"data/features/clap/{split}.h5"), batch_size=cfg["batch_size"], attrs=attrs
+            encoder, audio_path(ws.audio, CLAP_SAMPLE_RATE, split), ws.clap_features / f"{split}.h5", batch_size=cfg["batch_size"], attrs=attrs
         )

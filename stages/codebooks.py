@@ -14,7 +14,7 @@ from clapart_core.pipeline_config import read_config
 from clapart_core.rvq import KMeansConfig, fit_residual_codebooks, quantisation_report, save_codebooks
 
 if __name__ == "__main__":
-    start_stage("codebooks")
+    start_stage("codebooks")  # main phase only: fine-tunes reuse these codebooks
     cfg = read_config("codebooks")
     Path("metrics").mkdir(exist_ok=True)
     if not cfg["fit"]:

@@ -7,7 +7,7 @@ from clapart_core.params import start_stage
 from clapart_core.pipeline_config import PreflightError, preflight, write_configs
 
 if __name__ == "__main__":
-    params = start_stage("configure")
+    params, _ = start_stage("configure")
     try:
         # every model the run will load must exist before decode/features start (they take long)
         for note in preflight(params):

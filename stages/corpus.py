@@ -1,12 +1,13 @@
-"""Stage `corpus`: build data/corpus/manifest.parquet from data.source (generating the demo corpus into data.root first for `demo`)."""
+"""Stage `corpus`: build data/corpus/manifest.parquet from data.source (generating the demo corpus into data.root first for `demo`).
+With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NAME/corpus/."""
 
 from pathlib import Path
 
-from clapart_core.datasets import build_manifest, write_manifest
+from clapart_core.datasets import DatasetDownloadError, ManifestError, build_manifest, write_manifest
 from clapart_core.params import start_stage
 
 if __name__ == "__main__":
-    params = start_stage("corpus")
+    params, ws = start_stage("corpus")
     data, seed = params["data"], params["seed"]
     source = data["source"]
     if source == "demo":
@@ -14,5 +15,9 @@ if __name__ == "__main__":
     else:
         options = dict(data.get(source) or {})
     download = {"download": data["download"]} if source in ("clotho", "audiocaps") else {}
-    table = build_manifest(source, Path(data["root"]), strict=data["strict"], **download, **options)
-    write_manifest(table, Path("data/corpus/manifest.parquet"))
+    try:
+        table = build_manifest(source, Path(data["root"]), strict=data["strict"], allow_unlisted=data["allow_unlisted"], **download, **options)
+    except (ManifestError, DatasetDownloadError, ValueError) as err:
+        # a user's corpus mistake: one line naming the file and the problem, not a traceback
+        raise SystemExit(f"error: corpus{'' if ws.phase is None else '@' + ws.phase}: {err}") from None
+    write_manifest(table, ws.manifest)

@@ -1,5 +1,5 @@
 """Stage `decode`: every manifest clip -> mono int16 PCM at each rate the encoders need, data/audio/sr{rate}/{split}.h5;
-skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip)."""
+skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip). --phase NAME: the fine-tuning corpus."""
 
 import json
 from pathlib import Path
@@ -11,14 +11,14 @@ from clapart_core.pipeline_config import read_config
 from clapart_core.storage import SPLITS
 
 if __name__ == "__main__":
-    start_stage("decode")
+    _, ws = start_stage("decode")
     cfg = read_config("decode")
-    manifest, root = read_manifest(Path("data/corpus/manifest.parquet"))
+    manifest, root = read_manifest(ws.manifest)
     report = DecodeReport(cfg["on_error"])
     try:
         for split in SPLITS:
-            decode_split(manifest, root, split, Path("data/audio"), cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
+            decode_split(manifest, root, split, ws.audio, cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
     except ClipDecodeError as err:
         raise SystemExit(f"error: decode: {err} (set decode.on_error: skip to leave such clips out)") from None
-    Path("metrics").mkdir(exist_ok=True)
-    Path("metrics/decode.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    ws.metrics.mkdir(parents=True, exist_ok=True)
+    (ws.metrics / "decode.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")

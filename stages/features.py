@@ -1,18 +1,15 @@
 """Stage `features`: the encoder outputs of encoder.type per split, in data/features/encoder/:
 beats_rvq -> BEATs patch features {split}.h5 ([T, D] fp16 per clip); beats_tokenizer / encodec ->
-their discrete codes {split}.parquet (token schema, [T, N])."""
-
-from pathlib import Path
+their discrete codes {split}.parquet (token schema, [T, N]). --phase NAME: the fine-tuning corpus."""
 
 from clapart_core.decoded_audio import audio_path
 from clapart_core.params import resolve_device, start_stage
 from clapart_core.pipeline_config import BEATS_RATE, ENCODEC_RATE, read_config
 from clapart_core.storage import SPLITS, model_fingerprint
 
-OUT = Path("data/features/encoder")
-
 if __name__ == "__main__":
-    start_stage("features")
+    _, ws = start_stage("features")
+    out, audio = ws.encoder_features, ws.audio
     cfg = read_config("features")
     spec, device = cfg["encoder"], resolve_device(cfg["device"])
     if cfg["type"] == "beats_rvq":
@@ -23,7 +20,7 @@ if __name__ == "__main__":
         # the spec lets `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
         attrs = {"encoder": "beats", "spec": spec, "pretrained": bool(spec["checkpoint"]), "weights_sha256": model_fingerprint(model)}
         for split in SPLITS:
-            extract_beats_features(model, audio_path(Path("data/audio"), BEATS_RATE, split), OUT / f"{split}.h5", batch_size=cfg["batch_size"], device=device, bf16=cfg["bf16"], attrs=attrs)
+            extract_beats_features(model, audio_path(audio, BEATS_RATE, split), out / f"{split}.h5", batch_size=cfg["batch_size"], device=device, bf16=cfg["bf16"], attrs=attrs)
     elif cfg["type"] == "beats_tokenizer":
         from clapart_core.beats import load_beats_tokenizer, random_beats_tokenizer
         from clapart_core.codecs import extract_beats_tokenizer_tokens
@@ -31,7 +28,7 @@ if __name__ == "__main__":
         model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
         for split in SPLITS:
             extract_beats_tokenizer_tokens(
-                model, audio_path(Path("data/audio"), BEATS_RATE, split), OUT / f"{split}.parquet", spec=spec, pretrained=bool(spec["checkpoint"]), batch_size=cfg["batch_size"], device=device
+                model, audio_path(audio, BEATS_RATE, split), out / f"{split}.parquet", spec=spec, pretrained=bool(spec["checkpoint"]), batch_size=cfg["batch_size"], device=device
             )
     else:
         from clapart_core.codecs import encodec_from_spec, extract_encodec_tokens
@@ -39,4 +36,4 @@ if __name__ == "__main__":
         # one clip at a time, as EnCLAP does: padding would change the last frame's codes
         encoder = encodec_from_spec(spec, device)
         for split in SPLITS:
-            extract_encodec_tokens(encoder, audio_path(Path("data/audio"), ENCODEC_RATE, split), OUT / f"{split}.parquet", bandwidth=spec["bandwidth"])
+            extract_encodec_tokens(encoder, audio_path(audio, ENCODEC_RATE, split), out / f"{split}.parquet", bandwidth=spec["bandwidth"])

@@ -1,5 +1,6 @@
 """Stage `score`: beam-search captions for the test split -> data/predictions/{test.csv, test_per_clip.csv};
-DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json."""
+DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json.
+--phase NAME: the fine-tuned model on its corpus's test split -> metrics/finetune/NAME/scores.json."""
 
 import csv
 import json
@@ -16,16 +17,16 @@ from clapart_core.params import start_stage
 from clapart_core.storage import read_tokens
 
 if __name__ == "__main__":
-    params = start_stage("score")
-    manifest, _ = read_manifest(Path("data/corpus/manifest.parquet"))
-    model, tokenizer = load_captioner(Path("data/model"))
-    tokens = Path("data/tokens/test.parquet")
-    test = load_examples(tokens, manifest, Path("data/features/clap/test.h5") if model.config.use_clap else None)
+    params, ws = start_stage("score")
+    manifest, _ = read_manifest(ws.manifest)
+    model, tokenizer = load_captioner(ws.model)
+    tokens = ws.tokens / "test.parquet"
+    test = load_examples(tokens, manifest, ws.clap_features / "test.h5" if model.config.use_clap else None)
     dt = params["decode_text"]
     predictions = caption_examples(
         model, tokenizer, test, num_beams=dt["num_beams"], max_length=dt["max_length"], no_repeat_ngram_size=dt["no_repeat_ngram_size"], batch_size=dt["batch_size"]
     )
-    out = Path("data/predictions")
+    out = ws.predictions
     out.mkdir(parents=True, exist_ok=True)
     with (out / "test.csv").open("w", newline="") as f:
         writer = csv.writer(f)
@@ -36,14 +37,14 @@ if __name__ == "__main__":
     write_per_clip_csv(per_clip, out / "test_per_clip.csv")
     train_captions = manifest.filter(pc.equal(manifest["split"], "train")).column("captions").to_pylist()
     baseline_caption, baseline_cider = constant_caption_baseline(train_captions, references)
-    encoder, frontend = read_tokens(tokens).metadata["encoder"], read_frontend(Path("data/model"))
+    encoder, frontend = read_tokens(tokens).metadata["encoder"], read_frontend(ws.model)
     scores.update(
         n_clips=len(test),
         encoder_pretrained=bool(encoder["pretrained"]),
         clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
-        bart_pretrained=bool(json.loads((Path("data/model") / "training_summary.json").read_text())["pretrained"]),
+        bart_pretrained=bool(json.loads((ws.model / "training_summary.json").read_text())["pretrained"]),
         encoder_type=frontend["encoder_type"],
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,
     )
-    write_scores_json(scores, Path("metrics/scores.json"))
+    write_scores_json(scores, ws.metrics / "scores.json")

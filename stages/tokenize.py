@@ -1,5 +1,6 @@
 """Stage `tokenize`: data/tokens/{split}.parquet for train/score. beats_rvq: BEATs features -> codes of
-the first rvq.layers codebooks; the discrete types: their codes as extracted (copied unchanged)."""
+the first rvq.layers codebooks; the discrete types: their codes as extracted (copied unchanged).
+--phase NAME: the fine-tuning corpus, with the main run's codebooks."""
 
 import json
 import shutil
@@ -14,21 +15,20 @@ from clapart_core.rvq import ResidualVQ, load_codebooks
 from clapart_core.storage import SPLITS, RaggedReader, partial_path, write_tokens
 
 CODEBOOKS = "data/codebooks/rvq.npz"
-FEATURES = Path("data/features/encoder")
-OUT = Path("data/tokens")
 
 if __name__ == "__main__":
-    start_stage("tokenize")
+    _, ws = start_stage("tokenize")
+    feature_dir, out = ws.encoder_features, ws.tokens
     cfg = read_config("tokenize")
-    OUT.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if cfg["type"] != "beats_rvq":
         for split in SPLITS:
-            shutil.copyfile(FEATURES / f"{split}.parquet", partial_path(OUT / f"{split}.parquet"))
-            partial_path(OUT / f"{split}.parquet").replace(OUT / f"{split}.parquet")
+            shutil.copyfile(feature_dir / f"{split}.parquet", partial_path(out / f"{split}.parquet"))
+            partial_path(out / f"{split}.parquet").replace(out / f"{split}.parquet")
     else:
         codebooks, fit = load_codebooks(CODEBOOKS)
         rvq = ResidualVQ(codebooks, num_layers=cfg["layers"])
-        with RaggedReader(FEATURES / "train.h5") as feats:
+        with RaggedReader(feature_dir / "train.h5") as feats:
             encoder = {"name": "beats", "spec": json.loads(feats.attrs["spec"]), "pretrained": bool(feats.attrs["pretrained"]), "weights_sha256": feats.attrs["weights_sha256"]}
         meta = {
             "num_codebooks": rvq.num_layers,
@@ -40,5 +40,5 @@ if __name__ == "__main__":
             "encoder": encoder,
         }
         for split in SPLITS:
-            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(FEATURES / f"{split}.h5"))
-            write_tokens(OUT / f"{split}.parquet", items, meta)
+            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(feature_dir / f"{split}.h5"))
+            write_tokens(out / f"{split}.parquet", items, meta)

@@ -1,6 +1,7 @@
 """Stage `train`: the EnCLAP-style BART captioner on train tokens (+ CLAP), validated on val;
 writes data/model (HF save_pretrained layout + tokenizer + the front end needed to caption raw audio)
-and dvclive/ curves."""
+and dvclive/ curves. --phase NAME: fine-tune data/model on the corpus of finetune.NAME
+(the paper's Clotho fine-tuning of its AudioCaps model) -> data/finetune/NAME/model."""
 
 from pathlib import Path
 
@@ -12,15 +13,16 @@ from clapart_core.storage import read_tokens
 from clapart_core.training import train_captioner
 
 if __name__ == "__main__":
-    params = start_stage("train")
-    manifest, _ = read_manifest(Path("data/corpus/manifest.parquet"))
+    params, ws = start_stage("train")
+    manifest, _ = read_manifest(ws.manifest)
     use_clap = params["model"]["use_clap"]
     splits = {
-        split: load_examples(Path(f"data/tokens/{split}.parquet"), manifest, Path(f"data/features/clap/{split}.h5") if use_clap else None)
+        split: load_examples(ws.tokens / f"{split}.parquet", manifest, ws.clap_features / f"{split}.h5" if use_clap else None)
         for split in ("train", "val")
     }
-    tokens_meta = read_tokens(Path("data/tokens/val.parquet")).metadata
+    tokens_meta = read_tokens(ws.tokens / "val.parquet").metadata
     model_params = {**params["model"], "codebook_size": tokens_meta["codebook_size"]}
-    out = Path("data/model")
-    train_captioner(splits["train"], splits["val"], model_params=model_params, train_params=params["train"], out_dir=out, live_dir=Path("dvclive"), seed=params["seed"])
-    write_frontend(out, tokens_meta, Path("data/codebooks/rvq.npz"), Path("data/features/clap/train.h5") if use_clap else None)
+    train_captioner(
+        splits["train"], splits["val"], model_params=model_params, train_params=params["train"], out_dir=ws.model, live_dir=ws.live, seed=params["seed"], init_from=ws.init_model
+    )
+    write_frontend(ws.model, tokens_meta, Path("data/codebooks/rvq.npz"), ws.clap_features / "train.h5" if use_clap else None)

@@ -194,7 +194,9 @@ def test_audiocaps_groups_captions_and_reports_missing_clips(
     _audio(audiocaps_root / "CLOTHO_v2.1" / "clotho_audio_files" / "development" / "x.wav", 0.1, 16_000)
     _audio(audiocaps_root / "AUDIOCAPS" / "audio_32000Hz" / "val" / "stray_0.flac", 0.1, 32_000)
 
-    table, report = scan_audiocaps_corpus(audiocaps_root)
+    with pytest.raises(ManifestError, match=r"not named by any CSV: AUDIOCAPS/audio_32000Hz/val/stray_0\.flac"):
+        scan_audiocaps_corpus(audiocaps_root)
+    table, report = scan_audiocaps_corpus(audiocaps_root, allow_unlisted=True)
     rows = {r["clip_id"]: r for r in table.to_pylist()}
     assert list(rows) == [
         f"{base}/train/-0Gj8-vB1q4_30",
@@ -219,7 +221,7 @@ def test_audiocaps_groups_captions_and_reports_missing_clips(
     assert table.schema.metadata[b"clapart.source"] == b"audiocaps"
 
     with pytest.raises(ManifestError, match=r"1 audio file\(s\) named in the CSVs are missing: .*gone_video1_0\.flac"):
-        build_manifest("audiocaps", audiocaps_root, strict=True)
+        build_manifest("audiocaps", audiocaps_root, strict=True, allow_unlisted=True)
 
 
 def test_audiocaps_legacy_csv_location_and_other_rate(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -47,7 +48,7 @@ def _run(args: list[str], cwd: Path) -> str:
 
 
 def _ran(output: str) -> list[str]:
-    return re.findall(r"Running stage '([\w-]+)'", output)
+    return re.findall(r"Running stage '([\w@.-]+)'", output)
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +150,63 @@ def test_discrete_token_types_ignore_rvq_params(project: Path):
         params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 4 * layers
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert _ran(_run(["dvc", "repro"], project)) == ["configure"]
+
+
+@pytest.mark.slow
+def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
+    """A `finetune` entry adds the ft_* chain: its corpus is tokenised with the first phase's
+    codebooks and the model is fine-tuned from data/model (the paper's Clotho phase)."""
+    proj = tmp_path / "proj"
+    for name in ("clapart_core", "stages"):
+        shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(ROOT / name, proj / name)
+    (proj / ".dvc").mkdir()
+    shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
+    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params["model"]["use_clap"] = False  # keeps the run short; the CLAP chain is covered above
+    # lr 0 leaves the weights as loaded, so the fine-tuned model must equal data/model bitwise
+    params["finetune"] = {
+        "small": {
+            "data": {"root": "data/finetune/small/corpus/demo", "demo": {"n_clips": 20, "clip_seconds": 3.0}},
+            "train": {"lr": 0.0, "warmup_steps": 0},
+        }
+    }
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
+        _run(args, proj)
+
+    ran = _ran(_run(["dvc", "repro"], proj))
+    ft_stages = ["ft_corpus@small", "ft_decode@small", "ft_features@small", "ft_clap@small", "ft_tokenize@small", "finetune@small", "ft_score@small"]
+    assert set(ft_stages) <= set(ran)
+    assert ran.index("train") < ran.index("finetune@small")
+    # its corpus is read (a bad CSV found) before the first phase's long stages
+    assert ran.index("ft_corpus@small") < ran.index("decode")
+
+    from clapart_core.datasets import read_manifest
+    from clapart_core.storage import read_tokens
+
+    main_ids = set(read_manifest(proj / "data/corpus/manifest.parquet")[0].column("clip_id").to_pylist())
+    ft_tokens = read_tokens(proj / "data/finetune/small/tokens/train.parquet")
+    assert ft_tokens.metadata["codebooks_file"] == "data/codebooks/rvq.npz"
+    assert len(ft_tokens.clip_ids) == read_manifest(proj / "data/finetune/small/corpus/manifest.parquet")[0].column("split").to_pylist().count("train")
+    assert len(main_ids) == 30  # the phases have their own corpora
+
+    summary = json.loads((proj / "data/finetune/small/model/training_summary.json").read_text())
+    assert summary["init_from"] == "data/model"
+    from safetensors.numpy import load_file
+
+    first, tuned = load_file(proj / "data/model/model.safetensors"), load_file(proj / "data/finetune/small/model/model.safetensors")
+    assert first.keys() == tuned.keys() and all(np.array_equal(first[k], tuned[k]) for k in first)
+    assert (proj / "data/model/tokenizer.json").read_bytes() == (proj / "data/finetune/small/model/tokenizer.json").read_bytes()
+    scores = json.loads((proj / "metrics/finetune/small/scores.json").read_text())
+    assert scores["n_clips"] > 0 and "cider_d" in scores
+    assert (proj / "dvclive/finetune/small/metrics.json").is_file()
+
+    # a fine-tuning recipe change reruns only the fine-tune and its scoring (and the sub-second
+    # configure, whose preflight checks the fine-tuning entries)
+    _run(["git", "add", "-A"], proj)
+    _run(["git", "commit", "-qm", "run"], proj)
+    params["finetune"]["small"]["train"]["lr"] = 1e-4
+    (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert sorted(_ran(_run(["dvc", "repro"], proj))) == ["configure", "finetune@small", "ft_score@small"]

@@ -10,6 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from clapart_core.cli import app
+from clapart_core.params import phase_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -17,8 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def _keys(d: dict, prefix: str = "") -> set[str]:
     out = set()
     for k, v in d.items():
-        # free-form model-size blocks may differ between profiles
-        if isinstance(v, dict) and k not in ("random",):
+        # free-form blocks may differ between profiles: model sizes, fine-tuning phases
+        if isinstance(v, dict) and k not in ("random", "finetune"):
             out |= _keys(v, f"{prefix}{k}.")
         else:
             out.add(f"{prefix}{k}")
@@ -33,6 +34,13 @@ def test_params_is_demo_profile_and_keys_match():
     paper = yaml.safe_load((ROOT / "profiles/paper-audiocaps.yaml").read_text())
     assert paper["rvq"]["max_layers"] == 16 and paper["rvq"]["codebook_size"] == 1024
     assert paper["model"]["pretrained"] == "facebook/bart-base" and paper["train"]["lr"] == 6.5e-5
+    # the Clotho setting = the AudioCaps profile + one fine-tuning phase (lr 2e-5, no warm-up, batch 64)
+    clotho = yaml.safe_load((ROOT / "profiles/paper-clotho.yaml").read_text())
+    assert {k: v for k, v in clotho.items() if k != "finetune"} == {k: v for k, v in paper.items() if k != "finetune"}
+    phase = phase_params(clotho, "clotho")
+    assert phase["data"]["source"] == "clotho" and phase["data"]["strict"] is False
+    assert (phase["train"]["lr"], phase["train"]["warmup_steps"], phase["train"]["batch_size"]) == (2e-5, 0, 64)
+    assert phase["train"]["label_smoothing"] == paper["train"]["label_smoothing"]  # inherited
 
 
 def test_switch_and_back(tmp_path, monkeypatch):
@@ -45,7 +53,7 @@ def test_switch_and_back(tmp_path, monkeypatch):
     assert runner.invoke(app, ["profile", "demo"]).exit_code == 0
     assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     # unknown profile, and local edits that no profile holds, are refused
-    assert "available: demo, paper-audiocaps" in runner.invoke(app, ["profile", "nope"]).output
+    assert "available: demo, paper-audiocaps, paper-clotho" in runner.invoke(app, ["profile", "nope"]).output
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     refused = runner.invoke(app, ["profile", "demo"])
     assert refused.exit_code == 2 and (tmp_path / "params.yaml").read_text() == "seed: 1\n"
