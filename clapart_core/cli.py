@@ -105,6 +105,7 @@ def results(
     md: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the metric-vs-RVQ-layers plot (SVG) here.")] = None,
+    phase: Annotated[str, typer.Option(help="Phase the plot shows: main, or finetune/NAME (e.g. finetune/clotho).")] = "main",
 ) -> None:
     """Gather all DVC experiments (dvc exp show) into one ablation table, and a plot against rvq.layers."""
     from clapart_core import report
@@ -117,8 +118,11 @@ def results(
     if csv_out:
         report.write_csv(rows, csv_out)
     if plot:
-        metric = report.write_layers_svg(rows, plot)
-        typer.echo(f"plot of {metric} vs rvq.layers -> {plot}")
+        chosen = [r for r in rows if r["phase"] == phase]
+        if not chosen:
+            raise typer.BadParameter(f"no scored runs for phase {phase!r}; phases: {', '.join(sorted({r['phase'] for r in rows})) or 'none'}")
+        metric = report.write_layers_svg(chosen, plot)
+        typer.echo(f"plot of {metric} vs rvq.layers ({phase}) -> {plot}")
 
 
 @app.command()

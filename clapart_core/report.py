@@ -1,7 +1,9 @@
 """Gather DVC experiments into the paper's ablation table and a metric-vs-RVQ-layers plot.
 
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
-output is one row per run — token type, RVQ layers, CLAP on/off and the scores — as Markdown
+output is one row per run and training phase — the main run (``metrics/scores.json``) and each
+fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
+with token type, RVQ layers, CLAP on/off and the scores, as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
 ``rvq.layers`` for the ``beats_rvq`` runs, one line per CLAP setting. No plotting library is
 needed: the SVG is written directly.
@@ -11,13 +13,23 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("run", "encoder.type", "rvq.layers", "model.use_clap", "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips")
+COLUMNS = ("run", "phase", "encoder.type", "rvq.layers", "model.use_clap", "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips")
 SCORES = "metrics/scores.json"
+FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
+
+
+def _phase(metrics_file: str) -> str | None:
+    """``main`` for the first phase's scores, ``finetune/NAME`` for a fine-tune's, else None."""
+    if metrics_file == SCORES:
+        return "main"
+    match = FINETUNE_SCORES.match(metrics_file)
+    return f"finetune/{match['name']}" if match else None
 
 
 def _runs(node: Any) -> Iterator[dict[str, Any]]:
@@ -48,25 +60,30 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
 
 
 def collect_rows(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run that has scores; duplicates of the same run (workspace = HEAD) are kept once."""
+    """One row per run and phase that has scores; duplicates of the same run (workspace = HEAD) are kept once."""
     rows, seen = [], set()
     for run in _runs(exp_show):
         data = run["data"]
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
-        scores = ((data.get("metrics") or {}).get(SCORES) or {}).get("data")
-        if not scores:
-            continue
-        row = {
-            "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
-            "encoder.type": _get(params, "encoder.type"),
-            "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
-            "model.use_clap": _get(params, "model.use_clap"),
-            **{k: scores.get(k) for k in COLUMNS[4:]},
-        }
-        key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            rows.append(row)
+        metrics = data.get("metrics") or {}
+        # the main phase first, then the fine-tunes by name
+        phases = sorted(((p, f) for f in metrics if (p := _phase(f))), key=lambda pf: (pf[0] != "main", pf[0]))
+        for phase, metrics_file in phases:
+            scores = (metrics[metrics_file] or {}).get("data")
+            if not scores:
+                continue
+            row = {
+                "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
+                "phase": phase,
+                "encoder.type": _get(params, "encoder.type"),
+                "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
+                "model.use_clap": _get(params, "model.use_clap"),
+                **{k: scores.get(k) for k in COLUMNS[5:]},
+            }
+            key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
     return rows
 
 

@@ -176,3 +176,38 @@ def test_read_manifest_rejects_bad_files(tmp_path: Path, corpus: Path) -> None:
     with pytest.raises(ManifestError, match="duplicate clip_id 'dev/a'"):
         write_manifest(dup, tmp_path / "dup.parquet")
     assert not (tmp_path / "dup.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("mistake", "expected"),
+    [
+        ("missing_column", r"train\.csv: missing column"),
+        ("unlisted_audio", r"not named by any CSV: dev/stray\.wav"),
+    ],
+)
+def test_corpus_stage_reports_user_mistakes_in_one_line(corpus: Path, tmp_path: Path, mistake: str, expected: str) -> None:
+    """The corpus stage (the first one DVC runs) turns a bad corpus into one error line, no traceback."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    if mistake == "missing_column":
+        _csv(corpus / "train.csv", "name,caption_1", "dev/a.wav,A dog barks.")
+    else:
+        _wav(corpus / "dev" / "stray.wav", 0.3)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"].update(source="folder", root=str(corpus))
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "stages.corpus"], cwd=project, env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: corpus: ") and re.search(expected, last), proc.stderr
+    assert not (project / "data/corpus/manifest.parquet").exists()
