@@ -1,9 +1,10 @@
 """Stage `train`: the EnCLAP-style BART captioner on train tokens (+ CLAP), validated on val;
 writes data/model (HF save_pretrained layout + tokenizer + the front end needed to caption raw audio)
-and dvclive/ curves."""
+and dvclive/ curves. data/checkpoints/train/last.pt (DVC `persist`) lets `train.resume: true` continue."""
 
 from pathlib import Path
 
+from clapart_core.beats import CheckpointError
 from clapart_core.caption_data import load_examples
 from clapart_core.datasets import read_manifest
 from clapart_core.inference import write_frontend
@@ -22,5 +23,8 @@ if __name__ == "__main__":
     tokens_meta = read_tokens(Path("data/tokens/val.parquet")).metadata
     model_params = {**params["model"], "codebook_size": tokens_meta["codebook_size"]}
     out = Path("data/model")
-    train_captioner(splits["train"], splits["val"], model_params=model_params, train_params=params["train"], out_dir=out, live_dir=Path("dvclive"), seed=params["seed"])
+    try:
+        train_captioner(splits["train"], splits["val"], model_params=model_params, train_params=params["train"], out_dir=out, live_dir=Path("dvclive"), seed=params["seed"], checkpoint_dir=Path("data/checkpoints/train"))
+    except CheckpointError as err:
+        raise SystemExit(f"error: train: {err}") from None
     write_frontend(out, tokens_meta, Path("data/codebooks/rvq.npz"), Path("data/features/clap/train.h5") if use_clap else None)
