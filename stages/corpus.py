@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from clapart_core.datasets import build_manifest, write_manifest
+from clapart_core.datasets import ManifestError, build_manifest, write_manifest
 from clapart_core.params import start_stage
 
 if __name__ == "__main__":
@@ -14,5 +14,8 @@ if __name__ == "__main__":
     else:
         options = dict(data.get(source) or {})
     download = {"download": data["download"]} if source in ("clotho", "audiocaps") else {}
-    table = build_manifest(source, Path(data["root"]), strict=data["strict"], **download, **options)
+    try:  # a bad CSV row (e.g. a path escaping data.root) is a one-line error naming file and line
+        table = build_manifest(source, Path(data["root"]), strict=data["strict"], **download, **options)
+    except ManifestError as err:
+        raise SystemExit(f"error: corpus: {err}") from None
     write_manifest(table, Path("data/corpus/manifest.parquet"))
