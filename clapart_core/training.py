@@ -33,8 +33,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .captioner import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
 from . import train_state
+from .captioner import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
 from .params import resolve_device
 from .text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 
