@@ -56,9 +56,14 @@ def caption(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Caption your own audio files with a trained model."""
+    from clapart_core.beats import CheckpointError
     from clapart_core.inference import CaptionPipeline
 
-    pipe = CaptionPipeline.from_model_dir(model, device=device)
+    try:
+        pipe = CaptionPipeline.from_model_dir(model, device=device)
+    except CheckpointError as err:  # e.g. frontend.json names a BEATs file that would run code
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     for path, text in zip(audio, pipe.caption_files(audio, num_beams=num_beams, max_length=max_length), strict=True):
         typer.echo(f"{path}\t{text}")
 

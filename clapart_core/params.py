@@ -92,6 +92,11 @@ class Workspace:
         return self.root / "model"
 
     @property
+    def checkpoints(self) -> Path:
+        """Training checkpoints for ``train.resume`` (a DVC ``persist`` output)."""
+        return self.root / "checkpoints/train"
+
+    @property
     def predictions(self) -> Path:
         return self.root / "predictions"
 

@@ -9,6 +9,10 @@ Determinism: the shuffle, the crops and the MCM masks each use their own ``torch
 seeded from ``seed``; weight initialisation and dropout use torch's global RNG, which
 ``train_captioner`` seeds with ``torch.manual_seed(seed)`` once at its start (documented side
 effect). Same seed, same data, same thread count -> identical losses and weights on CPU.
+
+Resume: with a ``checkpoint_dir`` the loop writes ``last.pt`` (see :mod:`clapart_core.train_state`)
+at every epoch end and every ``checkpoint_every`` steps; with ``resume: true`` it continues from
+a matching one, to bitwise the same result as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from . import train_state
 from .captioner import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
 from .params import resolve_device
+from .storage import model_fingerprint
 from .text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -306,6 +312,31 @@ def _save_atomically(model: ClapArtForCaptioning, tokenizer, summary: dict, out_
         shutil.rmtree(old)
 
 
+def _matching_checkpoint(path: Path, fingerprint: dict[str, str], total_steps: int) -> dict | None:
+    """The checkpoint at ``path`` if this run may continue it, else None (with one log line why).
+
+    Raises:
+        CheckpointError: the file is there but cannot be loaded with ``weights_only=True``.
+    """
+    if not path.is_file():
+        logger.info("train.resume: no checkpoint at %s, training from scratch", path)
+        return None
+    state = train_state.load_checkpoint(path)
+    differ = train_state.fingerprint_mismatch(state["fingerprint"], fingerprint)
+    if differ:
+        logger.warning(
+            "train.resume: %s was trained on different inputs (%s differ); training from scratch", path, ", ".join(differ)
+        )
+        return None
+    if state["step"] > total_steps:
+        logger.warning(
+            "train.resume: %s is at step %d, past this run's %d steps (train.epochs lowered); training from scratch",
+            path, state["step"], total_steps,
+        )
+        return None
+    return state
+
+
 def train_captioner(
     train: Sequence[CaptionExample],
     val: Sequence[CaptionExample],
@@ -315,6 +346,7 @@ def train_captioner(
     out_dir: Path,
     live_dir: Path | None,
     seed: int,
+    checkpoint_dir: Path | None = None,
     init_from: Path | None = None,
 ) -> dict:
     """Train the captioner and save it (HF ``save_pretrained`` layout, with its tokenizer) to ``out_dir``.
@@ -326,7 +358,9 @@ def train_captioner(
             ``use_clap``, ``max_frames``.
         train_params: ``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``weight_decay``,
             ``label_smoothing``, ``grad_clip``, ``mcm_weight``, ``mcm_prob``, ``mcm_span``,
-            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``log_every``.
+            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``log_every``,
+            ``resume`` (continue from a matching checkpoint in ``checkpoint_dir``) and
+            ``checkpoint_every`` (steps between mid-epoch checkpoints; 0/None = epoch ends only).
         out_dir: final model directory (replaced atomically).
         live_dir: dvclive directory (``train/*`` every ``log_every`` steps, ``val/loss`` per
             epoch), or None for no dvclive logging.
@@ -335,11 +369,16 @@ def train_captioner(
             from its AudioCaps model): its weights, tokenizer and architecture are used and
             ``model_params`` other than ``codebook_size``/``use_clap`` (checked) are ignored;
             the MCM and label-smoothing settings come from ``train_params``.
+        checkpoint_dir: where ``last.pt`` is written (atomically), or None for no checkpoints.
+
+    Raises:
+        CheckpointError: ``resume`` is set and the checkpoint there cannot be loaded safely.
 
     Returns:
         Summary: ``steps``, ``epochs``, ``first_step_loss``, ``final_loss``,
         ``final_caption_loss``, ``final_mcm_loss`` (means over the last logging window),
-        ``val_losses``, ``best_epoch``, ``best_val_loss``, ``seconds_per_step``, sizes, device.
+        ``val_losses``, ``best_epoch``, ``best_val_loss``, ``seconds_per_step``, sizes, device,
+        ``resumed_from_step`` (0 for a fresh run).
     """
     if not train:
         raise ValueError("no training examples")
@@ -347,7 +386,7 @@ def train_captioner(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, init_from)
+        return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, checkpoint_dir, init_from)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -361,6 +400,7 @@ def _train(
     live_dir: Path | None,
     seed: int,
     threads: int,
+    checkpoint_dir: Path | None,
     init_from: Path | None = None,
 ) -> dict:
     """The body of [`train_captioner`], run with the requested thread count."""
@@ -376,8 +416,10 @@ def _train(
     if use_clap and train[0].clap is None:
         raise ValueError("model.use_clap is true but the training clips carry no CLAP embeddings")
     num_codebooks = int(np.asarray(train[0].codes).shape[1])
+    init_digest = None
     if init_from is not None:
         model, tokenizer = load_for_finetuning(Path(init_from), model_params, train_params, num_codebooks=num_codebooks)
+        init_digest = model_fingerprint(model)  # a resumed fine-tune must start from the same model
     else:
         tokenizer = make_tokenizer(model_params, train)
         clap_dim = int(np.asarray(train[0].clap).shape[0]) if use_clap else 512  # 512: unused without CLAP
@@ -405,24 +447,88 @@ def _train(
         n_params, len(train), len(pairs), epochs, steps_per_epoch, device, threads,
     )
 
-    live = None
-    if live_dir is not None:
-        from dvclive import Live  # only the DVC stage logs curves; library users need not have dvclive
+    ckpt_path = Path(checkpoint_dir) / train_state.CHECKPOINT_NAME if checkpoint_dir is not None else None
+    fingerprint = None
+    resumed = None
+    if ckpt_path is not None:
+        train_state.remove_stale_temps(ckpt_path)
+        fingerprint = train_state.fingerprint(
+            model_params=model_params if init_digest is None else {**model_params, "init_weights": init_digest},
+            train_params=train_params, seed=seed, train=train, val=val,
+            tokenizer=tokenizer, device=device, threads=threads,
+        )
+        if train_params.get("resume"):
+            resumed = _matching_checkpoint(ckpt_path, fingerprint, total_steps)
+        elif ckpt_path.is_file():
+            logger.info("train.resume is false: training from scratch (%s will be overwritten)", ckpt_path)
+    generators = {"shuffle": shuffle_gen, "crop": crop_gen, "mcm": mcm_gen}
 
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None)
-        live.log_params({"n_parameters": n_params, "n_train_pairs": len(pairs), "device": str(device)})
-
-    step = 0
+    step, start_epoch, start_batch = 0, 0, 0
     first_step_loss: float | None = None
     window = {"loss": 0.0, "caption_loss": 0.0, "mcm_loss": 0.0, "n": 0}
     last_window = dict(window)
     val_losses: list[float] = []
     best_val, best_epoch, best_state = math.inf, -1, None
+    seconds_before = 0.0  # training time of the runs this one continues
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        # last: model construction above drew from the global RNG, the checkpoint's state wins
+        train_state.restore_rng(resumed["rng"], generators, device)
+        step, start_epoch, start_batch = resumed["step"], resumed["epoch"], resumed["batch"]
+        first_step_loss, window, last_window = resumed["first_step_loss"], resumed["window"], resumed["last_window"]
+        val_losses = list(resumed["val_losses"])
+        best_val, best_epoch, best_state = resumed["best_val"], resumed["best_epoch"], resumed["best_state"]
+        seconds_before = resumed["seconds"]
+        logger.info("resuming from %s: epoch %d, batch %d, step %d", ckpt_path, start_epoch + 1, start_batch, step)
+    resumed_from = step
+
+    live = None
+    if live_dir is not None:
+        from dvclive import Live  # only the DVC stage logs curves; library users need not have dvclive
+
+        if resumed is not None:
+            train_state.truncate_live_metrics(Path(live_dir), step)
+        # resume=True keeps the curves logged up to the checkpoint; otherwise the folder is cleared
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=resumed is not None)
+        live.log_params({"n_parameters": n_params, "n_train_pairs": len(pairs), "device": str(device)})
+
+    def save_checkpoint(epoch_done: int, batch_done: int, shuffle_state: torch.Tensor) -> None:
+        """Checkpoint the loop as it stands after ``batch_done`` batches of epoch ``epoch_done``."""
+        rng = train_state.capture_rng(generators, device)
+        rng["shuffle"] = shuffle_state  # regenerates the order of the epoch being resumed
+        train_state.save_checkpoint(
+            {
+                "fingerprint": fingerprint,
+                "epoch": epoch_done,
+                "batch": batch_done,
+                "step": step,
+                "model": train_state.cpu_state_dict(model),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng,
+                "first_step_loss": first_step_loss,
+                "window": dict(window),
+                "last_window": dict(last_window),
+                "val_losses": list(val_losses),
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "best_state": best_state,
+                "seconds": seconds_before + time.perf_counter() - started,
+            },
+            ckpt_path,
+        )
+
+    checkpoint_every = int(train_params.get("checkpoint_every") or 0)
     started = time.perf_counter()
-    progress = tqdm(total=total_steps, desc="train captioner", unit="step")
-    for epoch in range(epochs):
+    progress = tqdm(total=total_steps, initial=step, desc="train captioner", unit="step")
+    for epoch in range(start_epoch, epochs):
+        epoch_shuffle_state = shuffle_gen.get_state()
         order = torch.randperm(len(pairs), generator=shuffle_gen).tolist()
-        for start in range(0, len(order), batch_size):
+        for batch_index, start in enumerate(range(0, len(order), batch_size)):
+            if epoch == start_epoch and batch_index < start_batch:
+                continue  # done before the checkpoint; its crops and masks are in the restored RNGs
             chunk = [pairs[k] for k in order[start : start + batch_size]]
             batch = build_batch(
                 [train[i] for i, _ in chunk],
@@ -464,6 +570,8 @@ def _train(
                     live.log_metric("train/lr", lr_used)
                 last_window = {**means, "n": window["n"]}
                 window = {"loss": 0.0, "caption_loss": 0.0, "mcm_loss": 0.0, "n": 0}
+            if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0 and batch_index + 1 < steps_per_epoch:
+                save_checkpoint(epoch, batch_index + 1, epoch_shuffle_state)
 
         if val:
             val_loss = evaluate_loss(
@@ -481,8 +589,10 @@ def _train(
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if live is not None:
             live.make_summary()
+        if ckpt_path is not None:
+            save_checkpoint(epoch + 1, 0, shuffle_gen.get_state())
     progress.close()
-    elapsed = time.perf_counter() - started
+    elapsed = seconds_before + time.perf_counter() - started
 
     if best_state is not None and best_epoch != epochs:
         logger.info("restoring the best validation epoch %d (val/loss %.4f)", best_epoch, best_val)
@@ -506,6 +616,7 @@ def _train(
         "pretrained": bool(model_params.get("pretrained")) or init_from is not None,
         "init_from": None if init_from is None else str(init_from),
         "seed": seed,
+        "resumed_from_step": resumed_from,
     }
     _save_atomically(model.to("cpu"), tokenizer, summary, Path(out_dir))
     if live is not None:

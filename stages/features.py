@@ -13,19 +13,25 @@ if __name__ == "__main__":
     cfg = read_config("features")
     spec, device = cfg["encoder"], resolve_device(cfg["device"])
     if cfg["type"] == "beats_rvq":
-        from clapart_core.beats import load_beats, random_beats
+        from clapart_core.beats import CheckpointError, load_beats, random_beats
         from clapart_core.features import extract_beats_features
 
-        model = load_beats(spec["checkpoint"]) if spec["checkpoint"] else random_beats(spec["random"], seed=spec["seed"])
+        try:  # a refused checkpoint (e.g. a pickle that would run code) is a one-line error
+            model = load_beats(spec["checkpoint"]) if spec["checkpoint"] else random_beats(spec["random"], seed=spec["seed"])
+        except CheckpointError as err:
+            raise SystemExit(f"error: features: {err}") from None
         # the spec lets `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
         attrs = {"encoder": "beats", "spec": spec, "pretrained": bool(spec["checkpoint"]), "weights_sha256": model_fingerprint(model)}
         for split in SPLITS:
             extract_beats_features(model, audio_path(audio, BEATS_RATE, split), out / f"{split}.h5", batch_size=cfg["batch_size"], device=device, bf16=cfg["bf16"], attrs=attrs)
     elif cfg["type"] == "beats_tokenizer":
-        from clapart_core.beats import load_beats_tokenizer, random_beats_tokenizer
+        from clapart_core.beats import CheckpointError, load_beats_tokenizer, random_beats_tokenizer
         from clapart_core.codecs import extract_beats_tokenizer_tokens
 
-        model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
+        try:
+            model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
+        except CheckpointError as err:
+            raise SystemExit(f"error: features: {err}") from None
         for split in SPLITS:
             extract_beats_tokenizer_tokens(
                 model, audio_path(audio, BEATS_RATE, split), out / f"{split}.parquet", spec=spec, pretrained=bool(spec["checkpoint"]), batch_size=cfg["batch_size"], device=device

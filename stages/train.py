@@ -1,10 +1,12 @@
 """Stage `train`: the EnCLAP-style BART captioner on train tokens (+ CLAP), validated on val;
 writes data/model (HF save_pretrained layout + tokenizer + the front end needed to caption raw audio)
 and dvclive/ curves. --phase NAME: fine-tune data/model on the corpus of finetune.NAME
-(the paper's Clotho fine-tuning of its AudioCaps model) -> data/finetune/NAME/model."""
+(the paper's Clotho fine-tuning of its AudioCaps model) -> data/finetune/NAME/model.
+The checkpoints folder (DVC `persist`) lets `train.resume: true` continue a killed run."""
 
 from pathlib import Path
 
+from clapart_core.beats import CheckpointError
 from clapart_core.caption_data import load_examples
 from clapart_core.datasets import read_manifest
 from clapart_core.inference import write_frontend
@@ -22,7 +24,18 @@ if __name__ == "__main__":
     }
     tokens_meta = read_tokens(ws.tokens / "val.parquet").metadata
     model_params = {**params["model"], "codebook_size": tokens_meta["codebook_size"]}
-    train_captioner(
-        splits["train"], splits["val"], model_params=model_params, train_params=params["train"], out_dir=ws.model, live_dir=ws.live, seed=params["seed"], init_from=ws.init_model
-    )
+    try:
+        train_captioner(
+            splits["train"],
+            splits["val"],
+            model_params=model_params,
+            train_params=params["train"],
+            out_dir=ws.model,
+            live_dir=ws.live,
+            seed=params["seed"],
+            checkpoint_dir=ws.checkpoints,
+            init_from=ws.init_model,
+        )
+    except CheckpointError as err:
+        raise SystemExit(f"error: train{'' if ws.phase is None else '@' + ws.phase}: {err}") from None
     write_frontend(ws.model, tokens_meta, Path("data/codebooks/rvq.npz"), ws.clap_features / "train.h5" if use_clap else None)
