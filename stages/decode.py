@@ -4,7 +4,7 @@ skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip).
 import json
 from pathlib import Path
 
-from clapart_core.datasets import read_manifest
+from clapart_core.datasets import ManifestError, read_manifest
 from clapart_core.decoded_audio import ClipDecodeError, DecodeReport, decode_split
 from clapart_core.params import start_stage
 from clapart_core.pipeline_config import read_config
@@ -13,7 +13,10 @@ from clapart_core.storage import SPLITS
 if __name__ == "__main__":
     _, ws = start_stage("decode")
     cfg = read_config("decode")
-    manifest, root = read_manifest(ws.manifest)
+    try:
+        manifest, root = read_manifest(ws.manifest)
+    except ManifestError as err:  # e.g. a hand-edited manifest: one line, not a traceback
+        raise SystemExit(f"error: decode: {err}") from None
     report = DecodeReport(cfg["on_error"])
     try:
         for split in SPLITS:
