@@ -324,7 +324,7 @@ def extract_encodec_tokens(
                 clip_id = reader.clip_ids[i]
                 yield clip_id, encoder.encode(reader[clip_id].astype(np.float32) / PCM_SCALE, bandwidth).astype(np.int16)
 
-        key = {"kind": "encodec_tokens", "metadata": meta, "input": file_digest(audio_h5)}
+        key = {"kind": "encodec_tokens", "metadata": meta, "input": file_digest(audio_h5), "device": str(encoder.device), "torch": torch.__version__}
         groups = plan_groups([[i] for i in range(len(reader))])
         with ShardedRun(work_dir or parts_path(out_parquet), key, reader.clip_ids, groups, compute, f"encodec {audio_h5.stem}", keep_shards) as items:
             return write_tokens(out_parquet, items, meta)

@@ -114,7 +114,7 @@ def per_patch_outputs(
                 for k, i in enumerate(index):
                     yield reader.clip_ids[i], outs.get(k, empty)
 
-    key = {**key, "input": file_digest(reader.path)}
+    key = {**key, "input": file_digest(reader.path), "torch": torch.__version__}  # a torch upgrade can move rounding
     return ShardedRun(work_dir, key, reader.clip_ids, groups, compute, desc, keep)
 
 
@@ -133,29 +133,29 @@ def extract_clap_embeddings(
     Resumable like :func:`extract_beats_features` (``work_dir``, ``keep_shards``).
     """
     audio_h5, out_h5 = Path(audio_h5), Path(out_h5)
-    reader = RaggedReader(audio_h5)
-    if int(reader.attrs["sample_rate"]) != encoder.sample_rate:
-        reader.close()
-        raise ValueError(
-            f"{audio_h5} holds {reader.attrs['sample_rate']} Hz audio but the CLAP model needs {encoder.sample_rate} Hz: "
-            "rerun decode (dvc repro), which writes the rates the configured encoders need"
-        )
-    info = {"sample_rate": encoder.sample_rate, "dtype": "float32", "dim": encoder.dim, **(attrs or {})}
-    ids = reader.clip_ids
-    batches = [range(start, min(start + batch_size, len(ids))) for start in range(0, len(ids), batch_size)]
+    with RaggedReader(audio_h5) as reader:
+        if int(reader.attrs["sample_rate"]) != encoder.sample_rate:
+            raise ValueError(
+                f"{audio_h5} holds {reader.attrs['sample_rate']} Hz audio but the CLAP model needs {encoder.sample_rate} Hz: "
+                "rerun decode (dvc repro), which writes the rates the configured encoders need"
+            )
+        info = {"sample_rate": encoder.sample_rate, "dtype": "float32", "dim": encoder.dim, **(attrs or {})}
+        ids = reader.clip_ids
+        batches = [range(start, min(start + batch_size, len(ids))) for start in range(0, len(ids), batch_size)]
 
-    def compute(group: Sequence[Sequence[int]]) -> Iterator[tuple[str, np.ndarray]]:
-        for index in group:
-            batch = [ids[i] for i in index]
-            emb = encoder.embed([read_clip(reader, c) for c in batch], batch)
-            for clip_id, e in zip(batch, emb, strict=True):
-                yield clip_id, np.asarray(e, dtype=np.float32)[None, :]
+        def compute(group: Sequence[Sequence[int]]) -> Iterator[tuple[str, np.ndarray]]:
+            for index in group:
+                batch = [ids[i] for i in index]
+                emb = encoder.embed([read_clip(reader, c) for c in batch], batch)
+                for clip_id, e in zip(batch, emb, strict=True):
+                    yield clip_id, np.asarray(e, dtype=np.float32)[None, :]
 
-    key = {"kind": "clap_embeddings", "weights": model_fingerprint(encoder.model), "attrs": info, "batch_size": batch_size, "input": file_digest(audio_h5)}
-    shards = ShardedRun(work_dir or parts_path(out_h5), key, ids, plan_groups(batches), compute, f"clap {audio_h5.stem}", keep_shards)
-    with reader, shards as items, RaggedWriter(out_h5, (encoder.dim,), np.float32, attrs=info) as writer:
-        for clip_id, e in items:
-            writer.append(clip_id, e)
+        device = str(next(encoder.model.parameters()).device)
+        key = {"kind": "clap_embeddings", "weights": model_fingerprint(encoder.model), "attrs": info, "batch_size": batch_size, "device": device, "input": file_digest(audio_h5), "torch": torch.__version__}
+        shards = ShardedRun(work_dir or parts_path(out_h5), key, ids, plan_groups(batches), compute, f"clap {audio_h5.stem}", keep_shards)
+        with shards as items, RaggedWriter(out_h5, (encoder.dim,), np.float32, attrs=info) as writer:
+            for clip_id, e in items:
+                writer.append(clip_id, e)
     return len(ids)
 
 
