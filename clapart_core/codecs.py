@@ -50,11 +50,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from clapart_core.clap import ModelNotFoundError
 from clapart_core.decoded_audio import PCM_SCALE
-from clapart_core.features import BEATS_SAMPLE_RATE, per_patch_outputs
+from clapart_core.features import BEATS_SAMPLE_RATE, parts_path, per_patch_outputs
+from clapart_core.resume import ShardedRun, file_digest, plan_groups
 from clapart_core.storage import RaggedReader, model_fingerprint, write_tokens
 
 log = logging.getLogger(__name__)
@@ -285,14 +285,19 @@ def extract_encodec_tokens(
     *,
     bandwidth: float,
     metadata: dict[str, Any] | None = None,
+    work_dir: Path | None = None,
+    keep_shards: bool = False,
 ) -> int:
     """EnCodec codes for every clip of one decoded-audio file: ``[S] @ 24 kHz -> [T, N]``, one token Parquet.
 
     ``T = ceil(S / 320)`` (75 frames/s), ``N = encoder.num_codebooks(bandwidth)`` (16 at EnCLAP's
     12 kbps). Clips are encoded one at a time, in file order (see the module docstring).
     ``metadata`` adds keys to the Parquet metadata. Returns the number of clips written.
+    Resumable: finished groups of clips are kept in ``work_dir`` (default ``{out_parquet}.parts``;
+    :mod:`clapart_core.resume`), and a rerun after a kill encodes only the missing ones. The shards
+    are removed once ``out_parquet`` is written, unless ``keep_shards`` (the caller removes them).
     """
-    audio_h5 = Path(audio_h5)
+    audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)
     reader = RaggedReader(audio_h5)
     with reader:
         _check_rate(reader, audio_h5, encoder.sample_rate, f"EnCodec model {encoder.name!r}")
@@ -314,11 +319,15 @@ def extract_encodec_tokens(
             **(metadata or {}),
         }
 
-        def items() -> Iterator[tuple[str, np.ndarray]]:
-            for clip_id, pcm in tqdm(reader, total=len(reader), desc=f"encodec {audio_h5.stem}", unit="clip"):
-                yield clip_id, encoder.encode(pcm.astype(np.float32) / PCM_SCALE, bandwidth)
+        def compute(group: list[list[int]]) -> Iterator[tuple[str, np.ndarray]]:
+            for (i,) in group:  # one clip per batch (see the module docstring)
+                clip_id = reader.clip_ids[i]
+                yield clip_id, encoder.encode(reader[clip_id].astype(np.float32) / PCM_SCALE, bandwidth).astype(np.int16)
 
-        return write_tokens(out_parquet, items(), meta)
+        key = {"kind": "encodec_tokens", "metadata": meta, "input": file_digest(audio_h5), "device": str(encoder.device), "torch": torch.__version__}
+        groups = plan_groups([[i] for i in range(len(reader))])
+        with ShardedRun(work_dir or parts_path(out_parquet), key, reader.clip_ids, groups, compute, f"encodec {audio_h5.stem}", keep_shards) as items:
+            return write_tokens(out_parquet, items, meta)
 
 
 def extract_beats_tokenizer_tokens(
@@ -332,6 +341,8 @@ def extract_beats_tokenizer_tokens(
     device: str = "cpu",
     bf16: bool = False,
     metadata: dict[str, Any] | None = None,
+    work_dir: Path | None = None,
+    keep_shards: bool = False,
 ) -> int:
     """BEATs acoustic-tokenizer codes for every clip of one 16 kHz decoded-audio file, one token Parquet.
 
@@ -340,8 +351,9 @@ def extract_beats_tokenizer_tokens(
     valid patches, which equal the clip tokenised alone. Clips shorter than one patch (0.175 s)
     get ``T = 0``. ``spec`` (checkpoint or random cfg + seed) and ``pretrained`` are recorded in
     the metadata, with the weights' fingerprint. Returns the number of clips written.
+    Resumable like :func:`extract_encodec_tokens` (``work_dir``, ``keep_shards``).
     """
-    audio_h5 = Path(audio_h5)
+    audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)
     codebook_size = int(tokenizer_model.config.quant_n)
     if codebook_size > _MAX_CODEBOOK_SIZE:
         raise ValueError(f"codebook size {codebook_size} does not fit the token Parquet's int16 codes")
@@ -364,5 +376,9 @@ def extract_beats_tokenizer_tokens(
             labels = model.extract_labels(wave.to(device), mask.to(device), autocast_dtype=autocast_dtype)
             return labels.cpu().numpy()[:, :, None]  # [B, N, 1]: one codebook
 
-        items = per_patch_outputs(reader, run, batch_size, np.zeros((0, 1), np.int64), f"beats-tokenizer {audio_h5.stem}")
-        return write_tokens(out_parquet, items, meta)
+        key = {"kind": "beats_tokenizer_tokens", "metadata": meta, "batch_size": batch_size, "device": str(device), "bf16": bf16}
+        shards = per_patch_outputs(
+            reader, run, batch_size, np.zeros((0, 1), np.int16), f"beats-tokenizer {audio_h5.stem}", key, work_dir or parts_path(out_parquet), np.int16, keep_shards
+        )
+        with shards as items:
+            return write_tokens(out_parquet, items, meta)

@@ -92,6 +92,11 @@ class Workspace:
         return self.root / "model"
 
     @property
+    def resume(self) -> Path:
+        """Shards of a killed features/clap run (clapart_core/resume.py); not a DVC output, so kept."""
+        return self.root / ".resume"
+
+    @property
     def checkpoints(self) -> Path:
         """Training checkpoints for ``train.resume`` (a DVC ``persist`` output)."""
         return self.root / "checkpoints/train"

@@ -9,6 +9,7 @@ from clapart_core.decoded_audio import audio_path
 from clapart_core.features import extract_clap_embeddings
 from clapart_core.storage import SPLITS, model_fingerprint
 from clapart_core.params import resolve_device, start_stage
+from clapart_core.resume import discard
 
 if __name__ == "__main__":
     params, ws = start_stage("clap")
@@ -18,5 +19,12 @@ if __name__ == "__main__":
     attrs = {"encoder": "clap", "spec": spec, "pretrained": encoder.pretrained, "weights_sha256": model_fingerprint(encoder.model)}
     for split in SPLITS:
         extract_clap_embeddings(
-            encoder, audio_path(ws.audio, CLAP_SAMPLE_RATE, split), ws.clap_features / f"{split}.h5", batch_size=cfg["batch_size"], attrs=attrs
+            encoder,
+            audio_path(ws.audio, CLAP_SAMPLE_RATE, split),
+            ws.clap_features / f"{split}.h5",
+            batch_size=cfg["batch_size"],
+            attrs=attrs,
+            work_dir=ws.resume / "clap" / split,
+            keep_shards=True,
         )
+    discard(ws.resume / "clap")  # every split is in place
