@@ -32,9 +32,9 @@ def set_threads(n: int | None = None) -> int:
     n = n or bench_threads()
     torch.set_num_threads(n)
     try:
-        import faiss
+        from clapart_core.rvq import import_faiss  # not a bare `import faiss`: see import_faiss
 
-        faiss.omp_set_num_threads(n)
+        import_faiss().omp_set_num_threads(n)
     except ImportError:
         pass
     return n
