@@ -128,10 +128,10 @@ def _probe(threads: int, mode: str) -> tuple[float, str]:
 
 
 def main(quick: bool = False) -> Iterator[str]:
-    """Yield the fit lines. Full: 4 layers × 1024 codes, D = 768, 40960 frames, 8 iterations;
+    """Yield the fit lines. Full: 4 layers × 1024 codes, D = 768, 40960 frames, 6 iterations;
     quick: 2 × 256, 10240 frames, 5 iterations (both ~40 frames per centroid, FAISS's minimum 39)."""
     threads = set_threads()
-    layers, k, niter = (2, 256, 5) if quick else (4, 1024, 8)
+    layers, k, niter = (2, 256, 5) if quick else (4, 1024, 6)
     dim, m, seed = 768, 40 * k, 1115
     x = clustered_features(m, dim, seed=0)
     held_out = clustered_features(m // 4, dim, seed=1)
