@@ -32,15 +32,27 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+def load_state() -> str:
+    """Load average and, where the kernel reports it, the share of the last minute in which some
+    task waited for a CPU (PSI): 0 % on an idle machine, ~90 % on a 2-core box shared four ways."""
+    text = "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+    try:
+        with open("/proc/pressure/cpu") as f:
+            some = f.readline().split()
+        text += f", CPU pressure {float(dict(kv.split('=') for kv in some[1:])['avg60']):.0f} %"
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
+    return text
+
+
 def describe() -> str:
-    """One ``#`` line: CPU, cores, library versions, load average."""
+    """One ``#`` line: CPU, cores, library versions, machine load."""
     import faiss
     import torch
 
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     return (
         f"# {_cpu_model()}, {os.cpu_count()} cores, python {platform.python_version()}, torch {torch.__version__}, "
-        f"faiss {faiss.__version__}, load average {load}"
+        f"faiss {faiss.__version__}, {load_state()}"
     )
 
 
@@ -60,8 +72,7 @@ def main(quick: bool = False, only: tuple[str, ...] = ()) -> int:
             failures += 1
             print(f"# {name} FAILED:\n# " + traceback.format_exc().strip().replace("\n", "\n# "), flush=True)
         print(f"# {name}: {time.perf_counter() - start:.1f} s", flush=True)
-    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"# total: {time.perf_counter() - started:.1f} s, load average {load}", flush=True)
+    print(f"# total: {time.perf_counter() - started:.1f} s, {load_state()}", flush=True)
     return failures
 
 
