@@ -85,7 +85,7 @@ def kmeans_lines(m: int = 262144, d: int = 768, layers: int = 4, k: int = 1024, 
     faiss = import_faiss()
     if faiss.get_num_gpus() > 0:
         t = time.perf_counter()
-        books = fit_residual_codebooks(x, layers, k, KMeansConfig(niter=niter, seed=1115, gpu=True))
+        fit_residual_codebooks(x, layers, k, KMeansConfig(niter=niter, seed=1115, gpu=True))
         lines.append(f"gpu_rvq_fit_faiss: {time.perf_counter() - t:.2f} s ({setting}, {faiss.get_num_gpus()} GPU)")
     else:
         lines.append(f"gpu_rvq_fit_faiss: unavailable (faiss {faiss.__version__} sees no GPU: install faiss-gpu, `pip install .[gpu]`)")
