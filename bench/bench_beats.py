@@ -1,18 +1,24 @@
-"""Speed of ``BEATs.extract_features`` on the CPU: full-size BEATs_iter3_plus_AS2M config.
+"""Speed of ``BEATs.extract_features`` on the CPU: batch 1 vs length-bucketed batches of 8.
 
-Random weights (the compute is the same as with trained ones), 10 s clips (160000 samples,
-496 patches), no padding, float32, ``torch.set_num_threads(2)``, inference mode, one warm-up
-call, then the median of 3 timed calls. Baselines:
+Random weights (the compute is the same as with trained ones), float32, inference mode, all
+cores (``bench.common.set_threads``). The clips have mixed lengths (half at the full 10 s,
+the rest cut short), because that is where batching has to earn its keep:
+equal-length clips need no padding at all, while mixed lengths in file order pad every batch
+to its longest clip. Measured in the same run, interleaved (median of 2):
 
-* the official implementation: 0.65 clips/s at batch 1 and 0.58 clips/s at batch 8, **quoted**
-  from shared/reference/beats/README.md (measured with the official code on a 2-core AMD EPYC,
-  torch 2.13.0+cpu; not re-measured here, so the ratio also contains the machine difference);
-* measured in the same run, interleaved with the timed calls: this model with the plain
-  (eager softmax) attention instead of SDPA, and, at batch 8, the 8 clips run one by one.
+* ``b1``: the naive loop, one clip per call (no padding, per-call overheads paid per clip);
+* ``b8_bucketed``: the features stage's loop, batches of 8 from
+  :func:`clapart_core.features.length_buckets`, padded on the right, per-clip masks;
+* ``file_order``: the same batches of 8 without bucketing;
+* SDPA vs eager attention at batch 1 on one full-length clip.
 
-    python bench/bench_beats.py            # full benchmark (about a minute on 2 cores)
-    python bench/bench_beats.py --quick    # smoke run: 2-layer model, 2 s clips
-    python bench/bench_beats.py --device cuda   # GPU: float32 vs bf16 autocast, batches 1/8/32,
+The official implementation's 0.65 clips/s (batch 1, 10 s) is **quoted** from
+shared/reference/beats/README.md (official code, a 2-core AMD EPYC, torch 2.13.0+cpu): another
+machine, so that ratio is not a same-run comparison.
+
+    python -m bench.bench_beats            # full config, 16 clips of 2-10 s (~1-2 min on 2 cores)
+    python -m bench.bench_beats --quick    # smoke run: 2-layer model, clips of up to 2 s
+    python -m bench.bench_beats --device cuda   # GPU: float32 vs bf16 autocast, batches 1/8/32,
                                                 # and the GPU-vs-CPU difference of the features
 """
 from __future__ import annotations
@@ -22,9 +28,12 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
-from clapart_core.beats import BEATs, random_beats
+from bench.common import set_threads
+from clapart_core.beats import BEATs, num_patches, random_beats
+from clapart_core.features import length_buckets
 
 OFFICIAL_CLIPS_PER_S = {1: 0.65, 8: 0.58}  # quoted, see module docstring
 SAMPLE_RATE = 16000
@@ -40,9 +49,9 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def _measure(variants: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+def _measure(variants: dict[str, Callable[[], object]], reps: int, warmup: bool = True) -> dict[str, float]:
     """Median seconds per call of each variant; variants alternate so load changes hit all alike."""
-    for fn in variants.values():
+    for fn in variants.values() if warmup else ():
         fn()  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(reps):
@@ -99,47 +108,84 @@ def _gpu_lines(device: str, quick: bool) -> list[str]:
     return lines
 
 
+def _clip_lengths(n: int, seconds: float, rng: np.random.Generator) -> np.ndarray:
+    """Mixed lengths in samples: half the clips full length, the rest 20-90 % of it (YouTube
+    clips cut short; AudioCaps has fewer of them, but with 16 clips a bucket needs 8), shuffled."""
+    full = int(seconds * SAMPLE_RATE)
+    short = (rng.uniform(0.2, 0.9, n) * full).astype(int)
+    return np.where(np.arange(n) % 2 == 0, full, short)[rng.permutation(n)]
+
+
+def _batched(model: BEATs, waves: list[torch.Tensor], batches: list[np.ndarray]) -> None:
+    """The features stage's loop body: pad each batch on the right, mask, extract, keep valid rows."""
+    for index in batches:
+        lengths = torch.tensor([len(waves[i]) for i in index])
+        wave = torch.zeros(len(index), int(lengths.max()))
+        for row, i in enumerate(index):
+            wave[row, : len(waves[i])] = waves[i]
+        mask = torch.arange(wave.shape[1])[None, :] >= lengths[:, None]
+        out, _ = model.extract_features(wave, padding_mask=mask)
+        [out[row, : num_patches(len(waves[i]))] for row, i in enumerate(index)]
+
+
 def main(quick: bool = False, device: str = "cpu") -> list[str]:
-    """Run the benchmark and return its result lines (``name: value unit (ratio vs baseline)``)."""
-    torch.set_num_threads(2)
+    """Run the benchmark and return its result lines (``name: value unit (ratio vs baseline)``).
+
+    CPU: ``clips`` clips of AudioCaps-like mixed lengths, extracted three ways, interleaved:
+    one clip at a time (the naive loop, batch 1), batches of 8 in length buckets (the features
+    stage: :func:`clapart_core.features.length_buckets`), and batches of 8 in file order
+    (what bucketing saves); plus SDPA vs eager attention at batch 1 on one full-length clip.
+    Full: the BEATs_iter3_plus_AS2M config, 16 clips of up to 10 s; quick: 2 layers, 16 clips of
+    up to 2 s. Real-time factor = seconds of audio per second of wall time.
+    """
+    threads = set_threads()
     if device != "cpu":
         return _gpu_lines(device, quick)
     overrides = {"encoder_layers": 2} if quick else {}
-    seconds = 2.0 if quick else 10.0
-    batches = (1, 2) if quick else (1, 8)
-    reps = 1 if quick else 3
+    seconds, clips, batch = (2.0, 16, 8) if quick else (10.0, 16, 8)
+    reps = 1 if quick else 2
     tag = "_quick" if quick else ""
     model = random_beats(overrides, seed=0)
     generator = torch.Generator().manual_seed(0)
-    lines: list[str] = []
-    for batch in batches:
-        wave = (0.1 * torch.randn(batch, int(seconds * SAMPLE_RATE), generator=generator)).clamp(-1.0, 1.0)
-        variants: dict[str, Callable[[], object]] = {
-            "sdpa": _with_attention(model, "sdpa", wave),
-            "eager": _with_attention(model, "eager", wave),
-        }
-        if batch > 1:
-            variants["loop"] = lambda w=wave: [model.extract_features(w[i : i + 1]) for i in range(w.shape[0])]
-        median = _measure(variants, reps)
-        rate = {name: batch / s for name, s in median.items()}
-        name = f"beats_extract_b{batch}{tag}"
-        if quick:
-            lines.append(f"{name}: {rate['sdpa']:.2f} clips/s (2-layer model, 2 s clips: not comparable to the official figure)")
-        else:
-            official = OFFICIAL_CLIPS_PER_S[batch]
-            lines.append(
-                f"{name}: {rate['sdpa']:.2f} clips/s ({rate['sdpa'] / official:.2f}x official {official} clips/s, "
-                "quoted from the reference README, other machine)"
-            )
+    lengths = _clip_lengths(clips, seconds, np.random.default_rng(0))
+    waves = [(0.1 * torch.randn(int(n), generator=generator)).clamp(-1.0, 1.0) for n in lengths]
+    audio_s = float(lengths.sum()) / SAMPLE_RATE
+    bucketed = length_buckets(lengths, batch)
+    file_order = [np.arange(i, min(i + batch, clips)) for i in range(0, clips, batch)]
+    padded = {name: sum(len(b) * int(lengths[b].max()) for b in bs) / lengths.sum() - 1 for name, bs in (("bucketed", bucketed), ("file_order", file_order))}
+    one = waves[int(np.argmax(lengths))][None]
+    model.extract_features(one)  # warm-up
+    median = _measure(
+        {
+            "loop": lambda: [model.extract_features(w[None]) for w in waves],
+            "bucketed": lambda: _batched(model, waves, bucketed),
+            "file_order": lambda: _batched(model, waves, file_order),
+        },
+        reps,
+        warmup=False,
+    )
+    rate = {name: clips / s for name, s in median.items()}
+    rtf = {name: audio_s / s for name, s in median.items()}
+    size = "2-layer model" if quick else "BEATs_iter3_plus_AS2M config"
+    setting = f"{clips} clips {lengths.min() / SAMPLE_RATE:.1f}-{seconds:.0f} s, {size}, fp32, {threads} threads"
+    lines = [
+        f"beats_extract_b1{tag}: {rate['loop']:.2f} clips/s (real-time factor {rtf['loop']:.1f}x; one clip at a time, {setting})",
+        f"beats_extract_b{batch}_bucketed{tag}: {rate['bucketed']:.2f} clips/s ({rate['bucketed'] / rate['loop']:.2f}x one clip at a time, "
+        f"same run; real-time factor {rtf['bucketed']:.1f}x; {padded['bucketed']:.0%} padding)",
+        f"beats_extract_b{batch}_bucketed_vs_file_order{tag}: {rate['bucketed']:.2f} clips/s ({rate['bucketed'] / rate['file_order']:.2f}x "
+        f"batches in file order {rate['file_order']:.2f} clips/s with {padded['file_order']:.0%} padding, same run)",
+    ]
+    attention = _measure({"sdpa": _with_attention(model, "sdpa", one), "eager": _with_attention(model, "eager", one)}, reps)
+    lines.append(
+        f"beats_extract_b1_sdpa_vs_eager{tag}: {1 / attention['sdpa']:.2f} clips/s ({attention['eager'] / attention['sdpa']:.2f}x eager "
+        f"attention {1 / attention['eager']:.2f} clips/s, one {seconds:.0f} s clip, same run)"
+    )
+    if not quick:
+        official = OFFICIAL_CLIPS_PER_S[1]
         lines.append(
-            f"{name}_vs_eager: {rate['sdpa']:.2f} clips/s ({rate['sdpa'] / rate['eager']:.2f}x eager attention "
-            f"{rate['eager']:.2f} clips/s, same run)"
+            f"beats_extract_b1_vs_official: {1 / attention['sdpa']:.2f} clips/s ({1 / attention['sdpa'] / official:.2f}x official "
+            f"{official} clips/s, quoted from the reference README, other machine: not a same-run baseline)"
         )
-        if "loop" in rate:
-            lines.append(
-                f"{name}_vs_loop: {rate['sdpa']:.2f} clips/s ({rate['sdpa'] / rate['loop']:.2f}x one clip at a time "
-                f"{rate['loop']:.2f} clips/s, same run)"
-            )
     return lines
 
 
@@ -148,6 +194,6 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="2-layer model, 2 s clips, one timed call")
     parser.add_argument("--device", default="cpu", help="cpu (default) or a GPU device such as cuda")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} -> 2 CPU threads, device {args.device}")
+    print(f"torch {torch.__version__}, device {args.device}")
     for line in main(quick=args.quick, device=args.device):
         print(line, flush=True)

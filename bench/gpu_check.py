@@ -1,7 +1,9 @@
 """One prepared GPU check (run on a lent GPU machine): the captioner's CUDA + bf16 training path
-and beam search, and step timings for the demo-sized and a bart-base-sized captioner.
+and beam search, step timings for the demo-sized and a bart-base-sized captioner (fp32 and bf16),
+and the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
+line saying so, and a torch CUDA Lloyd with the same init and iterations either way.
 
-    python bench/gpu_check.py        # prints `name: value unit` lines
+    python -m bench.gpu_check        # prints `name: value unit` lines
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 
 from clapart_core.captioner import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
 from clapart_core.decoding import caption_examples, load_captioner
+from clapart_core.rvq import KMeansConfig, fit_residual_codebooks, import_faiss
 from clapart_core.training import CaptionExample, train_captioner
 
 
@@ -53,8 +56,61 @@ def step_time(d_model: int, layers: int, heads: int, ffn: int, frames: int, batc
     return float(np.median(times[3:]))
 
 
+def lloyd_fit(x: torch.Tensor, layers: int, k: int, niter: int, seed: int) -> torch.Tensor:
+    """Residual Lloyd k-means on ``x``'s device from FAISS's initial centroids: ``[M, D] -> [L, K, D]``."""
+    from bench.bench_rvq import faiss_init
+
+    def assign(points: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return torch.addmm((c * c).sum(1), points, c.T, beta=1.0, alpha=-2.0).argmin(1)
+
+    residual = x.clone()
+    books = []
+    for layer in range(layers):
+        c = torch.from_numpy(faiss_init(residual.cpu().numpy(), k, seed + layer)).to(x.device)
+        for _ in range(niter):
+            idx = assign(residual, c)
+            sums = torch.zeros_like(c).index_add_(0, idx, residual)
+            counts = torch.bincount(idx, minlength=k)[:, None]
+            c = torch.where(counts > 0, sums / counts.clamp(min=1), c)
+        residual -= c[assign(residual, c)]
+        books.append(c)
+    return torch.stack(books)
+
+
+def kmeans_lines(m: int = 262144, d: int = 768, layers: int = 4, k: int = 1024, niter: int = 10) -> list[str]:
+    """FAISS GPU residual k-means (if available) and a torch CUDA Lloyd, same sample and iterations."""
+    x = np.random.default_rng(0).standard_normal((m, d)).astype(np.float32)
+    setting = f"{layers} layers × {k} codes, D={d}, {m} frames, {niter} iterations"
+    lines = []
+    faiss = import_faiss()
+    if faiss.get_num_gpus() > 0:
+        t = time.perf_counter()
+        fit_residual_codebooks(x, layers, k, KMeansConfig(niter=niter, seed=1115, gpu=True))
+        lines.append(f"gpu_rvq_fit_faiss: {time.perf_counter() - t:.2f} s ({setting}, {faiss.get_num_gpus()} GPU)")
+    else:
+        lines.append(f"gpu_rvq_fit_faiss: unavailable (faiss {faiss.__version__} sees no GPU: install faiss-gpu, `pip install .[gpu]`)")
+    xt = torch.from_numpy(x).cuda()
+    lloyd_fit(xt[: 4 * k], 1, k, 1, 1115)  # warm-up (cuBLAS handles, kernels)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    books = lloyd_fit(xt, layers, k, niter, 1115)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t
+    recon = torch.zeros_like(xt)
+    residual = xt.clone()
+    for c in books:
+        assign = torch.addmm((c * c).sum(1), residual, c.T, beta=1.0, alpha=-2.0).argmin(1)
+        recon += c[assign]
+        residual -= c[assign]
+    err = float(((xt - recon).double() ** 2).sum() / (xt.double() ** 2).sum())
+    lines.append(f"gpu_rvq_fit_torch_lloyd: {seconds:.2f} s ({setting}, fp32, relative error {err:.4f})")
+    return lines
+
+
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    for line in kmeans_lines():
+        print(line, flush=True)
     out = Path("/tmp/clapart_gpu_model")
     data = examples(256, 192, 16, 256, 0)
     model_params = {"pretrained": None, "tokenizer": None, "vocab_size": 300, "codebook_size": 256, "d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 1024, "dropout": 0.1, "use_clap": True, "max_frames": 1020}
@@ -69,9 +125,11 @@ def main() -> None:
     right = sum(c.strip().lower().rstrip(".") == ex.captions[0] for c, ex in zip(caps, data[:8]))
     print(f"gpu_beam_search: {right}/8 captions exact ({caps[0]!r})", flush=True)
     for name, dims in (("demo", (256, 3, 4, 1024)), ("bart_base", (768, 6, 12, 3072))):
+        times = {}
         for dtype, tag in ((None, "fp32"), (torch.bfloat16, "bf16")):
-            t = step_time(*dims, frames=496, batch=16, dtype=dtype)
+            t = times[tag] = step_time(*dims, frames=496, batch=16, dtype=dtype)
             print(f"gpu_step_{name}_{tag}: {t * 1000:.1f} ms/step ({16 * 498 / t:.0f} encoder tokens/s, batch 16, T=496, N=16)", flush=True)
+        print(f"gpu_step_{name}_bf16_vs_fp32: {times['fp32'] / times['bf16']:.2f}x (bf16 autocast step speed-up, same run)", flush=True)
 
 
 if __name__ == "__main__":

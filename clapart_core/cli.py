@@ -131,7 +131,10 @@ def results(
 
 
 @app.command()
-def bench(quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False) -> None:
+def bench(
+    quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only these benchmarks (e.g. bench_rvq); repeatable.")] = None,
+) -> None:
     """Run the benchmarks and print one line per figure with its ratio to the in-run baseline."""
     bench_dir = Path(__file__).resolve().parent.parent / "bench"
     if not bench_dir.is_dir():
@@ -139,7 +142,8 @@ def bench(quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.
     sys.path.insert(0, str(bench_dir.parent))
     from bench.run import main
 
-    main(quick=quick)
+    if main(quick=quick, only=tuple(only or ())):
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

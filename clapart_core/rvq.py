@@ -45,6 +45,41 @@ class KMeansConfig:
     gpu: bool = False
 
 
+def _openblas_coretype() -> str | None:
+    """The OpenBLAS kernel family this x86 CPU can run, from its /proc/cpuinfo flags (None elsewhere)."""
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return None
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= set(flags):
+        return "SKYLAKEX"
+    if {"avx2", "fma"} <= set(flags):
+        return "HASWELL"
+    return None
+
+
+def import_faiss() -> Any:
+    """Import FAISS, first making sure its bundled OpenBLAS uses this CPU's vector kernels.
+
+    The faiss-cpu wheels bundle an OpenBLAS (0.3.15 in faiss-cpu 1.15) whose runtime CPU
+    detection predates recent Xeons: on a Sapphire/Emerald Rapids core it falls back to the
+    generic "Prescott" SSE kernels, and k-means runs ~4x slower (measured: 29 vs 110 GFLOP/s
+    in the assignment GEMM on 2 cores, bench/bench_rvq.py). OpenBLAS reads
+    ``OPENBLAS_CORETYPE`` once, when the library loads, so it is set here before the first
+    import (only if unset, and only to a kernel family the CPU's flags support). numpy's and
+    torch's BLAS are loaded earlier and are not affected.
+    """
+    import sys
+
+    if "faiss" not in sys.modules and "OPENBLAS_CORETYPE" not in os.environ:
+        coretype = _openblas_coretype()
+        if coretype is not None:
+            os.environ["OPENBLAS_CORETYPE"] = coretype
+    import faiss  # imported lazily: only the codebooks stage and benchmarks need it
+
+    return faiss
+
+
 def fit_residual_codebooks(
     x: np.ndarray, num_layers: int, codebook_size: int, config: KMeansConfig = KMeansConfig()
 ) -> np.ndarray:
@@ -59,7 +94,7 @@ def fit_residual_codebooks(
     Returns:
         ``[L, K, D]`` float32 codebooks.
     """
-    import faiss  # imported lazily: only the codebooks stage and benchmarks need it
+    faiss = import_faiss()
 
     if x.ndim != 2:
         raise ValueError(f"expected [M, D] features, got shape {x.shape}")
@@ -96,7 +131,7 @@ def fit_residual_codebooks(
     return codebooks
 
 
-def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192, c_sq: torch.Tensor | None = None) -> torch.Tensor:
     """Index of the nearest centroid (squared L2) for each row.
 
     Uses ``argmin ‖c‖² − 2 x·c`` (``‖x‖²`` is constant per row), one GEMM per chunk of rows.
@@ -105,10 +140,13 @@ def nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torc
     Args:
         x: ``[M, D]`` float32.
         centroids: ``[K, D]`` float32.
+        chunk: rows per GEMM (bounds the ``[chunk, K]`` distance block).
+        c_sq: ``[K]`` precomputed ``‖c‖²`` (computed here when None).
     Returns:
         ``[M]`` int64.
     """
-    c_sq = (centroids * centroids).sum(dim=1)  # [K]
+    if c_sq is None:
+        c_sq = (centroids * centroids).sum(dim=1)  # [K]
     out = torch.empty(x.shape[0], dtype=torch.long)
     for start in range(0, x.shape[0], chunk):
         block = x[start : start + chunk]
@@ -126,6 +164,12 @@ class ResidualVQ:
         num_layers: ``N <= L`` layers to use; defaults to all.
     """
 
+    #: frames encoded through all layers at a time: the residual (chunk × D) and the distance
+    #: block (chunk × K) stay in cache across the N layers instead of streaming all frames
+    #: through memory once per layer (bench/bench_tokenize.py: ~1.2x at 16 × 1024, D = 768;
+    #: 1024-4096 measured alike on an idle machine, the larger means fewer thread barriers)
+    chunk = 4096
+
     def __init__(self, codebooks: np.ndarray | torch.Tensor, num_layers: int | None = None) -> None:
         cb = torch.as_tensor(np.asarray(codebooks, dtype=np.float32))
         if cb.ndim != 3:
@@ -134,6 +178,7 @@ class ResidualVQ:
         if not 1 <= n <= cb.shape[0]:
             raise ValueError(f"num_layers={n} but the codebook file holds {cb.shape[0]} layers")
         self.codebooks = cb[:n].contiguous()  # [N, K, D]
+        self.c_sq = (self.codebooks * self.codebooks).sum(dim=2)  # [N, K], ‖c‖² once, not per call
 
     @property
     def num_layers(self) -> int:
@@ -145,15 +190,21 @@ class ResidualVQ:
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``[..., D]`` float -> ``[..., N]`` int64 codes."""
+        """``[..., D]`` float -> ``[..., N]`` int64 codes.
+
+        Per row the same arithmetic as :func:`nearest` layer by layer (so the same codes and
+        ties); only the loop order differs: chunks of frames outer, layers inner.
+        """
         x = torch.as_tensor(x, dtype=torch.float32)
         lead, d = x.shape[:-1], x.shape[-1]
-        residual = x.reshape(-1, d).clone()
-        codes = torch.empty(residual.shape[0], self.num_layers, dtype=torch.long)
-        for layer, cb in enumerate(self.codebooks):
-            idx = nearest(residual, cb)
-            codes[:, layer] = idx
-            residual -= cb[idx]
+        flat = x.reshape(-1, d)
+        codes = torch.empty(flat.shape[0], self.num_layers, dtype=torch.long)
+        for start in range(0, flat.shape[0], self.chunk):
+            residual = flat[start : start + self.chunk].clone()
+            for layer, (cb, c_sq) in enumerate(zip(self.codebooks, self.c_sq)):
+                idx = nearest(residual, cb, chunk=self.chunk, c_sq=c_sq)
+                codes[start : start + self.chunk, layer] = idx
+                residual -= cb[idx]
         return codes.reshape(*lead, self.num_layers)
 
     @torch.inference_mode()

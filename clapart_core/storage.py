@@ -145,6 +145,13 @@ class RaggedReader:
         self.clip_ids: list[str] = [s.decode() if isinstance(s, bytes) else s for s in self._file["clip_ids"][()]]
         self._index = {cid: i for i, cid in enumerate(self.clip_ids)}
         self.attrs: dict[str, Any] = dict(self._file.attrs)
+        # unfiltered full-width chunks of native byte order can be copied straight from the file
+        self._direct = (
+            self.data.chunks is not None
+            and self.data.chunks[1:] == self.data.shape[1:]
+            and self.data.id.get_create_plist().get_nfilters() == 0
+            and self.data.dtype.isnative
+        )
 
     def __len__(self) -> int:
         return len(self.clip_ids)
@@ -176,9 +183,29 @@ class RaggedReader:
         for b, lo, hi in zip(uniq, first, [*first[1:], len(blocks)]):
             sel = np.arange(lo, hi)
             start = int(b) * block
-            data = self.data[start : min(start + block, self.data.shape[0])]
+            data = self._read_rows(start, min(start + block, self.data.shape[0]))
             out[order[sel]] = data[sorted_idx[sel] - start]
         return out
+
+    def _read_rows(self, start: int, end: int) -> np.ndarray:
+        """Rows ``[start, end)`` as a new array.
+
+        Unfiltered chunks are read whole, each straight into its place in one buffer
+        (``read_direct_chunk``): one copy from the page cache where an h5py slice makes two
+        (~1.5x faster streaming, bench/bench_storage.py). Otherwise, or if that fails, a slice.
+        """
+        rows = self.data.chunks[0] if self._direct else 0
+        if rows and end > start:
+            lo, hi = start // rows * rows, -(-end // rows) * rows
+            buf = np.empty((hi - lo, *self.data.shape[1:]), dtype=self.data.dtype)
+            flat, step = buf.reshape(-1).view(np.uint8), buf[:rows].nbytes
+            try:
+                for k, first in enumerate(range(lo, hi, rows)):
+                    self.data.id.read_direct_chunk((first,) + (0,) * (buf.ndim - 1), out=flat[k * step : (k + 1) * step])
+                return buf[start - lo : end - lo]
+            except Exception:  # e.g. a chunk never written: the general path handles it
+                pass
+        return self.data[start:end]
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         """Stream ``(clip_id, array)`` in file order, reading a few MiB at a time."""
@@ -188,7 +215,7 @@ class RaggedReader:
             j = i + 1
             while j < n and self.offsets[j + 1] - self.offsets[i] <= block_rows:
                 j += 1
-            block = self.data[self.offsets[i] : self.offsets[j]]
+            block = self._read_rows(int(self.offsets[i]), int(self.offsets[j]))
             for k in range(i, j):
                 yield self.clip_ids[k], block[self.offsets[k] - self.offsets[i] : self.offsets[k + 1] - self.offsets[i]]
             i = j

@@ -300,6 +300,22 @@ def test_inference_changes_no_state(model: BEATs, tokenizer: B.BEATsTokenizer, i
     assert torch.equal(torch.get_rng_state(), torch_state)
 
 
+def test_cached_positional_kernel_follows_weight_changes() -> None:
+    """The inference-time cache of the weight-normed positional kernel never serves stale weights."""
+    model, fresh = random_beats(TINY, seed=3), random_beats(TINY, seed=4)
+    wave = 0.1 * torch.randn(1, 8000, generator=torch.Generator().manual_seed(0))
+    model.extract_features(wave)  # fills the cache
+    model.load_state_dict(fresh.state_dict())  # in-place copies: new parameter versions
+    assert torch.equal(model.extract_features(wave)[0], fresh.extract_features(wave)[0])
+    with torch.no_grad():
+        model.encoder.pos_conv[0].weight_g.mul_(2.0)
+        fresh.encoder.pos_conv[0].weight_g.mul_(2.0)
+    assert torch.equal(model.extract_features(wave)[0], fresh.extract_features(wave)[0])
+    # with autograd on, the kernel is recomputed so that gradients reach weight_g and weight_v
+    model.encoder.pos_conv[0].weight().sum().backward()
+    assert model.encoder.pos_conv[0].weight_g.grad is not None
+
+
 # ---------------------------------------------------------------------------------- loaders
 def official_ckpt(name: str) -> dict[str, Any]:
     return torch.load(FIXTURES / name, weights_only=True)

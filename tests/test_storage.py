@@ -62,3 +62,28 @@ def test_tokens_reject_wrong_width(tmp_path):
     with pytest.raises(ValueError, match="expected \\[T, 4\\]"):
         write_tokens(tmp_path / "t.parquet", [("a", np.zeros((3, 2), np.int16))], {"num_codebooks": 4, "codebook_size": 8})
     assert not (tmp_path / "t.parquet").exists()
+
+
+def test_reader_streams_direct_chunks_and_falls_back_to_slices(tmp_path):
+    """Unfiltered chunks are read straight into the block buffer; compressed ones through h5py."""
+    import h5py
+
+    rng = np.random.default_rng(3)
+    clips = [rng.integers(-3000, 3000, int(rng.integers(0, 900))).astype(np.int16) for _ in range(40)]
+    flat = np.concatenate(clips)
+    plain = tmp_path / "plain.h5"
+    with RaggedWriter(plain, (), np.int16, chunk_rows=100) as w:
+        for i, c in enumerate(clips):
+            w.append(f"c{i}", c)
+    gzip = tmp_path / "gzip.h5"
+    with h5py.File(gzip, "w") as f:
+        f.create_dataset("data", data=flat, chunks=(100,), maxshape=(None,), compression="gzip")
+        f["offsets"] = np.concatenate([[0], np.cumsum([len(c) for c in clips])])
+        f.create_dataset("clip_ids", data=np.array([f"c{i}" for i in range(40)], dtype=object), dtype=h5py.string_dtype())
+    pick = rng.choice(len(flat), 60)
+    for path, direct in ((plain, True), (gzip, False)):
+        with RaggedReader(path) as r:
+            assert r._direct is direct
+            for (_, got), want in zip(r, clips, strict=True):
+                np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(r.rows(pick), flat[pick])
