@@ -73,9 +73,9 @@ def _features(model: torch.nn.Module, clips: list[torch.Tensor], threads: int, b
 
 
 def _fit(x: np.ndarray, layers: int, k: int, niter: int, threads: int) -> np.ndarray:
-    import faiss
+    from clapart_core.rvq import import_faiss
 
-    faiss.omp_set_num_threads(threads)
+    import_faiss().omp_set_num_threads(threads)
     torch.set_num_threads(threads)  # the residual update's nearest() uses torch
     return fit_residual_codebooks(x, layers, k, KMeansConfig(niter=niter, seed=1115))
 

@@ -47,9 +47,12 @@ def load_state() -> str:
 
 def describe() -> str:
     """One ``#`` line: CPU, cores, library versions, machine load."""
-    import faiss
     import torch
 
+    from clapart_core.rvq import import_faiss  # a bare `import faiss` here would pick OpenBLAS's slow
+    # generic kernels for the whole run (it chooses them once, at load): see import_faiss
+
+    faiss = import_faiss()
     return (
         f"# {_cpu_model()}, {os.cpu_count()} cores, python {platform.python_version()}, torch {torch.__version__}, "
         f"faiss {faiss.__version__}, {load_state()}"
