@@ -66,8 +66,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pickle
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -78,6 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapart_core.checkpoints import CheckpointError, load_weights_only
 from clapart_core.fbank import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, beats_fbank, num_frames
 
 PaddingSemantics = Literal["alone", "official"]
@@ -87,10 +86,6 @@ _WHERE_TO_GET = (
     "the official BEATs checkpoints (BEATs_iter3_plus_AS2M.pt, Tokenizer_iter3_plus_AS2M.pt and others) "
     "are linked from the README of the beats/ folder of https://github.com/microsoft/unilm"
 )
-
-
-class CheckpointError(ValueError):
-    """A BEATs checkpoint file exists but cannot be used (wrong format, keys, shapes or cfg)."""
 
 
 # ---------------------------------------------------------------------------------- configs
@@ -737,19 +732,7 @@ def _read_checkpoint(path: str | os.PathLike, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} checkpoint {path} does not exist; {_WHERE_TO_GET}.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only names the first callable the pickle would have invoked ("GLOBAL io.open").
-        code = re.search(r"GLOBAL (\S+)", str(err))
-        if code:
-            raise CheckpointError(
-                f"{path} was refused by torch.load(weights_only=True): it would call {code.group(1)} while "
-                "loading, and only tensors and plain containers are accepted because a pickle can run code"
-            ) from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({str(err).splitlines()[-1]})") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    ckpt = load_weights_only(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("cfg"), dict) or not isinstance(ckpt.get("model"), dict):
         found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(

@@ -10,7 +10,7 @@ thread count; ``tests/test_train_resume.py`` kills a run with SIGKILL and checks
 
 Safety: the file holds only tensors, dicts, lists, strings and numbers, so it is read with
 ``torch.load(weights_only=True)``; a file that would need anything else (a pickle that runs
-code) is refused with :class:`~clapart_core.beats.CheckpointError` before anything in it runs.
+code) is refused with :class:`~clapart_core.checkpoints.CheckpointError` before anything in it runs.
 
 Fingerprint: a checkpoint records hashes of what it was trained on (params except those that
 do not change the trajectory, seed, train/val data, caption tokenizer, training code, torch
@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.beats import CheckpointError
+from clapart_core.checkpoints import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -129,27 +127,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         CheckpointError: one line naming the file, when it is not a loadable checkpoint or
             would need to construct arbitrary objects (its code is never run).
     """
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights_only names the first callable the pickle would have invoked ("GLOBAL builtins.open").
-        called = re.search(r"GLOBAL (\S+)", str(err))
-        if called:
-            raise CheckpointError(
-                f"training checkpoint {path} was refused by torch.load(weights_only=True): it would call "
-                f"{called.group(1)} while loading, and only tensors and plain containers are accepted because a "
-                "pickle can run code; delete it to train from scratch"
-            ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(\n\n|$)", str(err), re.S)
-        raise CheckpointError(
-            f"training checkpoint {path} is not a readable PyTorch checkpoint "
-            f"({reason.group(1) if reason else str(err).splitlines()[0]}); delete it to train from scratch"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"training checkpoint {path} is not a readable PyTorch checkpoint ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); delete it to train from scratch"
-        ) from None
+    state = load_weights_only(path, "training checkpoint", advice="delete it to train from scratch")
     if not isinstance(state, dict) or not isinstance(state.get("fingerprint"), dict):
         raise CheckpointError(
             f"training checkpoint {path} is not a clapart training checkpoint (no fingerprint); "
