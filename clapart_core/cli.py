@@ -111,11 +111,12 @@ def results(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV here.")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write the metric-vs-RVQ-layers plot (SVG) here.")] = None,
     phase: Annotated[str, typer.Option(help="Phase the plot shows: main, or finetune/NAME (e.g. finetune/clotho).")] = "main",
+    rev: Annotated[Optional[list[str]], typer.Option(help="Experiments derived from this commit (repeatable; default: HEAD).")] = None,
 ) -> None:
     """Gather all DVC experiments (dvc exp show) into one ablation table, and a plot against rvq.layers."""
     from clapart_core import report
 
-    rows = report.collect_rows(report.exp_show_json())
+    rows = report.collect_rows(report.exp_show_json(revs=rev or ()))
     table = report.to_markdown(rows)
     typer.echo(table)
     if md:

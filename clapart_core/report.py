@@ -87,9 +87,10 @@ def collect_rows(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def exp_show_json(cwd: Path | None = None) -> list[dict[str, Any]]:
-    """Run ``dvc exp show --json`` in ``cwd`` and parse it."""
-    out = subprocess.run(["dvc", "exp", "show", "--json"], cwd=cwd, capture_output=True, text=True)
+def exp_show_json(cwd: Path | None = None, revs: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Run ``dvc exp show --json`` in ``cwd`` (experiments of HEAD, or of each commit in ``revs``) and parse it."""
+    args = ["dvc", "exp", "show", "--json", *(a for rev in revs for a in ("--rev", rev))]
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"dvc exp show failed: {out.stderr.strip().splitlines()[-1] if out.stderr.strip() else out.returncode}")
     return json.loads(out.stdout)
