@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH)"
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
-	$(BIN)/python -m clapart_core.metrics --setup
+	$(BIN)/python -m clapart_core.scoring.metrics --setup
 	touch $@
 
 demo: install

@@ -9,7 +9,7 @@ Lloyd keeps an empty cluster's old centroid.
 
 * ``numpy Lloyd``: the textbook loop, ``argmin ‖c‖² − 2 x·cᵀ`` over the whole sample with
   numpy's BLAS, centroid sums with ``np.add.at``;
-* ``torch Lloyd``: the same with the library's chunked GEMM (:func:`clapart_core.rvq.nearest`)
+* ``torch Lloyd``: the same with the library's chunked GEMM (:func:`clapart_core.tokens.rvq.nearest`)
   and ``index_add_``, a strong baseline: it uses the same kernels as tokenization.
 
 Reported: fit seconds, and the relative reconstruction error ``‖x − x̂‖² / ‖x‖²`` after all
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bench.common import line, set_threads
-from clapart_core.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks, import_faiss, nearest
+from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks, import_faiss, nearest
 
 
 def clustered_features(n: int, dim: int, seed: int, centers: int = 4096) -> np.ndarray:
@@ -103,7 +103,7 @@ def relative_error(x: np.ndarray, codebooks: np.ndarray) -> float:
 _KERNEL_PROBE = """
 import sys, time, numpy as np
 if sys.argv[2] == "tuned":
-    from clapart_core.rvq import import_faiss
+    from clapart_core.tokens.rvq import import_faiss
     faiss = import_faiss()
 else:
     import faiss

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import line, measure
-from clapart_core.storage import RaggedReader, RaggedWriter, read_tokens, write_tokens
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, read_tokens, write_tokens
 
 FRAMES, DIM, CODEBOOKS = 496, 768, 16
 

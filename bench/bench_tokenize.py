@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from bench.common import line, measure, set_threads
-from clapart_core.rvq import ResidualVQ, import_faiss, nearest
+from clapart_core.tokens.rvq import ResidualVQ, import_faiss, nearest
 
 LAYERS, CODES, DIM = 16, 1024, 768
 AUDIOCAPS_FRAMES = 25e6  # ~50k clips × 496 patches

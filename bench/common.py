@@ -32,7 +32,7 @@ def set_threads(n: int | None = None) -> int:
     n = n or bench_threads()
     torch.set_num_threads(n)
     try:
-        from clapart_core.rvq import import_faiss  # not a bare `import faiss`: see import_faiss
+        from clapart_core.tokens.rvq import import_faiss  # not a bare `import faiss`: see import_faiss
 
         import_faiss().omp_set_num_threads(n)
     except ImportError:

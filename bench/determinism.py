@@ -33,9 +33,9 @@ import numpy as np
 import torch
 import yaml
 
-from clapart_core.beats import random_beats
-from clapart_core.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks
-from clapart_core.training import CaptionExample, train_captioner
+from clapart_core.encoders.beats import random_beats
+from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks
+from clapart_core.captioner.training import CaptionExample, train_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16_000
@@ -55,7 +55,7 @@ def _audio(n_clips: int, seconds: float, seed: int) -> list[torch.Tensor]:
 def _features(model: torch.nn.Module, clips: list[torch.Tensor], threads: int, batch: int) -> np.ndarray:
     """``[sum T, D]`` fp32 BEATs features (each clip's valid patches), ``threads`` intra-op threads,
     ``batch`` zero-padded clips per call (with their padding mask, as the features stage does)."""
-    from clapart_core.beats import num_patches
+    from clapart_core.encoders.beats import num_patches
 
     torch.set_num_threads(threads)
     out = []
@@ -73,7 +73,7 @@ def _features(model: torch.nn.Module, clips: list[torch.Tensor], threads: int, b
 
 
 def _fit(x: np.ndarray, layers: int, k: int, niter: int, threads: int) -> np.ndarray:
-    from clapart_core.rvq import import_faiss
+    from clapart_core.tokens.rvq import import_faiss
 
     import_faiss().omp_set_num_threads(threads)
     torch.set_num_threads(threads)  # the residual update's nearest() uses torch

@@ -49,7 +49,7 @@ def describe() -> str:
     """One ``#`` line: CPU, cores, library versions, machine load."""
     import torch
 
-    from clapart_core.rvq import import_faiss  # a bare `import faiss` here would pick OpenBLAS's slow
+    from clapart_core.tokens.rvq import import_faiss  # a bare `import faiss` here would pick OpenBLAS's slow
     # generic kernels for the whole run (it chooses them once, at load): see import_faiss
 
     faiss = import_faiss()

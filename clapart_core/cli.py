@@ -56,8 +56,8 @@ def caption(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Caption your own audio files with a trained model."""
-    from clapart_core.beats import CheckpointError
-    from clapart_core.inference import CaptionPipeline
+    from clapart_core.encoders.beats import CheckpointError
+    from clapart_core.captioner.inference import CaptionPipeline
 
     try:
         pipe = CaptionPipeline.from_model_dir(model, device=device)
@@ -75,7 +75,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option(help="Where to write the scores as JSON.")] = None,
 ) -> None:
     """Score any caption file against references with the DCASE metrics."""
-    from clapart_core.metrics import ScoringInputError, evaluate_files
+    from clapart_core.scoring.metrics import ScoringInputError, evaluate_files
 
     try:
         scores = evaluate_files(predictions, references, out)
@@ -114,7 +114,7 @@ def results(
     rev: Annotated[Optional[list[str]], typer.Option(help="Experiments derived from this commit (repeatable; default: HEAD).")] = None,
 ) -> None:
     """Gather all DVC experiments (dvc exp show) into one ablation table, and a plot against rvq.layers."""
-    from clapart_core import report
+    from clapart_core.scoring import report
 
     rows = report.collect_rows(report.exp_show_json(revs=rev or ()))
     table = report.to_markdown(rows)

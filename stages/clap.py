@@ -4,12 +4,12 @@
 Kept apart from `features` so that a CLAP change does not recompute BEATs features (and vice versa).
 """
 
-from clapart_core.clap import CLAP_SAMPLE_RATE, load_clap, random_clap
-from clapart_core.decoded_audio import audio_path
-from clapart_core.features import extract_clap_embeddings
-from clapart_core.storage import SPLITS, model_fingerprint
-from clapart_core.params import resolve_device, start_stage
-from clapart_core.resume import discard
+from clapart_core.encoders.clap import CLAP_SAMPLE_RATE, load_clap, random_clap
+from clapart_core.corpus.decoded import audio_path
+from clapart_core.encoders.extract import extract_clap_embeddings
+from clapart_core.pipeline.storage import SPLITS, model_fingerprint
+from clapart_core.pipeline.params import resolve_device, start_stage
+from clapart_core.pipeline.resume import discard
 
 if __name__ == "__main__":
     params, ws = start_stage("clap")

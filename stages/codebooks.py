@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clapart_core.features import sample_frames
-from clapart_core.params import start_stage
-from clapart_core.pipeline_config import read_config
-from clapart_core.rvq import KMeansConfig, fit_residual_codebooks, quantisation_report, save_codebooks
+from clapart_core.encoders.extract import sample_frames
+from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.config import read_config
+from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, quantisation_report, save_codebooks
 
 if __name__ == "__main__":
     start_stage("codebooks")  # main phase only: fine-tunes reuse these codebooks

@@ -1,10 +1,10 @@
 """Stage `configure`: resolve params.yaml into data/config/{decode,features,codebooks,tokenize}.json,
-holding only the settings that apply to encoder.type (see clapart_core/pipeline_config.py for why)."""
+holding only the settings that apply to encoder.type (see clapart_core/pipeline/config.py for why)."""
 
 import logging
 
-from clapart_core.params import start_stage
-from clapart_core.pipeline_config import PreflightError, preflight, write_configs
+from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.config import PreflightError, preflight, write_configs
 
 if __name__ == "__main__":
     params, _ = start_stage("configure")

@@ -3,8 +3,8 @@ With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NA
 
 from pathlib import Path
 
-from clapart_core.datasets import DatasetDownloadError, ManifestError, build_manifest, write_manifest
-from clapart_core.params import start_stage
+from clapart_core.corpus.datasets import DatasetDownloadError, ManifestError, build_manifest, write_manifest
+from clapart_core.pipeline.params import start_stage
 
 if __name__ == "__main__":
     params, ws = start_stage("corpus")

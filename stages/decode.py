@@ -4,11 +4,11 @@ skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip).
 import json
 from pathlib import Path
 
-from clapart_core.datasets import ManifestError, read_manifest
-from clapart_core.decoded_audio import ClipDecodeError, DecodeReport, decode_split
-from clapart_core.params import start_stage
-from clapart_core.pipeline_config import read_config
-from clapart_core.storage import SPLITS
+from clapart_core.corpus.datasets import ManifestError, read_manifest
+from clapart_core.corpus.decoded import ClipDecodeError, DecodeReport, decode_split
+from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.config import read_config
+from clapart_core.pipeline.storage import SPLITS
 
 if __name__ == "__main__":
     _, ws = start_stage("decode")

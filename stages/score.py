@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 
-from clapart_core.caption_data import load_examples
-from clapart_core.datasets import read_manifest
-from clapart_core.decoding import caption_examples, load_captioner
-from clapart_core.inference import read_frontend
-from clapart_core.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
-from clapart_core.params import start_stage
-from clapart_core.storage import read_tokens
+from clapart_core.captioner.data import load_examples
+from clapart_core.corpus.datasets import read_manifest
+from clapart_core.captioner.generate import caption_examples, load_captioner
+from clapart_core.captioner.inference import read_frontend
+from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
+from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.storage import read_tokens
 
 if __name__ == "__main__":
     params, ws = start_stage("score")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clapart_core.features import iter_features
-from clapart_core.params import start_stage
-from clapart_core.pipeline_config import read_config
-from clapart_core.rvq import ResidualVQ, load_codebooks
-from clapart_core.storage import SPLITS, RaggedReader, partial_path, write_tokens
+from clapart_core.encoders.extract import iter_features
+from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.config import read_config
+from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
+from clapart_core.pipeline.storage import SPLITS, RaggedReader, partial_path, write_tokens
 
 CODEBOOKS = "data/codebooks/rvq.npz"
 

@@ -1,4 +1,4 @@
-"""Tests for clapart_core.audio: decoding, downmix, resampling, errors."""
+"""Tests for clapart_core.corpus.audio: decoding, downmix, resampling, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapart_core.audio import AudioDecodeError, audio_info, load_audio, resample
+from clapart_core.corpus.audio import AudioDecodeError, audio_info, load_audio, resample
 
 
 def _sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:

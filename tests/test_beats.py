@@ -1,4 +1,4 @@
-"""clapart_core.beats against vectors produced by the official BEATs code (tests/fixtures/beats).
+"""clapart_core.encoders.beats against vectors produced by the official BEATs code (tests/fixtures/beats).
 
 Stages are checked separately so that every architectural detail has a test that fails when it
 changes (tolerances from the reference README):
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core import beats as B
-from clapart_core.beats import (
+from clapart_core.encoders import beats as B
+from clapart_core.encoders.beats import (
     BEATs,
     BEATsConfig,
     CheckpointError,

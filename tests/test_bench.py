@@ -8,7 +8,7 @@ import torch
 from bench.bench_rvq import faiss_init, lloyd_numpy
 from bench.bench_tokenize import _layerwise
 from bench.common import line, parse_line
-from clapart_core.rvq import ResidualVQ, import_faiss
+from clapart_core.tokens.rvq import ResidualVQ, import_faiss
 
 
 def test_line_format_round_trips():

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 import pytest
 from transformers import AutoModel, BartForConditionalGeneration
 
-from clapart_core.captioner import (
+from clapart_core.captioner.model import (
     ClapArtConfig,
     ClapArtForCaptioning,
     crop_frames,
@@ -13,7 +13,7 @@ from clapart_core.captioner import (
     sample_mcm_mask,
     small_bart_config,
 )
-from clapart_core.text import train_caption_tokenizer
+from clapart_core.captioner.text import train_caption_tokenizer
 
 N_CODEBOOKS, K, E, D, V = 4, 16, 8, 32, 64
 

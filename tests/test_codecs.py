@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.beats import num_patches, random_beats_tokenizer
-from clapart_core.clap import ModelNotFoundError
-from clapart_core.codecs import (
+from clapart_core.encoders.beats import num_patches, random_beats_tokenizer
+from clapart_core.encoders.clap import ModelNotFoundError
+from clapart_core.encoders.encodec import (
     ENCLAP_BANDWIDTH,
     encodec_from_spec,
     extract_beats_tokenizer_tokens,
@@ -19,8 +19,8 @@ from clapart_core.codecs import (
     load_encodec,
     random_encodec,
 )
-from clapart_core.decoded_audio import PCM_SCALE, audio_path, read_clip
-from clapart_core.storage import RaggedReader, RaggedWriter, model_fingerprint, read_tokens
+from clapart_core.corpus.decoded import PCM_SCALE, audio_path, read_clip
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, model_fingerprint, read_tokens
 
 # Narrower than the demo default; keeps the real strides (hop 320) and 1024-entry codebooks, so
 # 12 kbps still means 16 codebooks.

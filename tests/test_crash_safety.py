@@ -1,5 +1,5 @@
 """Crash safety: a stage killed (SIGKILL) at any moment and rerun gives byte-identical artifacts,
-and `features` resumes from the clip groups a killed run had finished (clapart_core/resume.py).
+and `features` resumes from the clip groups a killed run had finished (clapart_core/pipeline/resume.py).
 
 The stage tests run the real stage modules as subprocesses in a tiny generated project (as
 tests/test_pipeline_e2e.py builds one, without git/DVC), killing them from outside (poll, then
@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import yaml
 
-from clapart_core.beats import random_beats
-from clapart_core.decoded_audio import PCM_SCALE
-from clapart_core.features import extract_beats_features
-from clapart_core.resume import plan_groups
-from clapart_core.storage import RaggedReader, RaggedWriter
+from clapart_core.encoders.beats import random_beats
+from clapart_core.corpus.decoded import PCM_SCALE
+from clapart_core.encoders.extract import extract_beats_features
+from clapart_core.pipeline.resume import plan_groups
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_BEATS = {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}
@@ -59,7 +59,7 @@ if mode == "replace":
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
 else:
-    import clapart_core.features as features
+    from clapart_core.encoders import extract as features
     real_iter = features.iter_features
     def iter_features(path):
         for item in real_iter(path):
@@ -248,7 +248,7 @@ def test_resume_reuses_shards_and_discards_them_when_settings_change(audio: Path
     assert not out.exists() and sorted(p.name for p in work.iterdir()) == ["000000.npz", "000001.npz", "key.json"]
 
     calls = -100
-    with caplog.at_level(logging.INFO, logger="clapart_core.resume"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.pipeline.resume"):
         extract_beats_features(model, audio, out, batch_size=2, work_dir=work)
     assert calls == -100 + 2  # 6 batches, 4 reused
     assert "reused 8 of 11 clips" in caplog.text
@@ -262,7 +262,7 @@ def test_resume_reuses_shards_and_discards_them_when_settings_change(audio: Path
         extract_beats_features(model, audio, out, batch_size=2, work_dir=work)
     monkeypatch.setattr(model, "extract_features", real)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="clapart_core.resume"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.pipeline.resume"):
         extract_beats_features(model, audio, out, batch_size=3, work_dir=work)
     assert "discarding" in caplog.text and "reused 0 of 11 clips" in caplog.text
     extract_beats_features(model, audio, clean, batch_size=3)

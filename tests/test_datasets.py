@@ -1,4 +1,4 @@
-"""Tests for clapart_core.datasets: folder corpora, the demo source, and manifest files."""
+"""Tests for clapart_core.corpus.datasets: folder corpora, the demo source, and manifest files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from clapart_core.datasets import (
+from clapart_core.corpus.datasets import (
     MANIFEST_SCHEMA,
     ROOT_KEY,
     ManifestError,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapart_core.datasets import (
+from clapart_core.corpus.datasets import (
     MANIFEST_SCHEMA,
     DatasetDownloadError,
     ManifestError,
@@ -160,7 +160,7 @@ def test_clotho_csv_encoding_quirks(clotho_root: Path, caplog: pytest.LogCapture
         [["door slam 01.wav", "A café door slams", "b", "c", "d", "e"]],
         encoding="iso-8859-1",
     )
-    with caplog.at_level(logging.WARNING, logger="clapart_core.datasets"):
+    with caplog.at_level(logging.WARNING, logger="clapart_core.corpus.datasets"):
         table, _ = scan_clotho_corpus(clotho_root)
     caps = dict(zip(table.column("split").to_pylist(), table.column("captions").to_pylist(), strict=False))
     assert caps["val"][0] == "A café door slams"

@@ -1,4 +1,4 @@
-"""Tests for clapart_core.demo_corpus: determinism, coverage, and captions that match the audio."""
+"""Tests for clapart_core.corpus.demo: determinism, coverage, and captions that match the audio."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapart_core.demo_corpus import (
+from clapart_core.corpus.demo import (
     KINDS,
     LAYOUTS,
     LEVELS,

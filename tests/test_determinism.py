@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from clapart_core.decoded_audio import PCM_SCALE, audio_path
-from clapart_core.pipeline_config import BEATS_RATE, write_configs
-from clapart_core.storage import SPLITS, RaggedWriter
+from clapart_core.corpus.decoded import PCM_SCALE, audio_path
+from clapart_core.pipeline.config import BEATS_RATE, write_configs
+from clapart_core.pipeline.storage import SPLITS, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,8 +38,8 @@ import numpy as np
 for stage in ("features", "codebooks", "tokenize"):
     runpy.run_module(f"stages.{stage}", run_name="__main__", alter_sys=True)
 
-from clapart_core.storage import read_tokens
-from clapart_core.training import CaptionExample, train_captioner
+from clapart_core.pipeline.storage import read_tokens
+from clapart_core.captioner.training import CaptionExample, train_captioner
 
 tokens = read_tokens(Path("data/tokens/train.parquet"))
 words = ["dog barks", "rain falls", "car passes", "bird sings"]

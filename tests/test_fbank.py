@@ -1,4 +1,4 @@
-"""The Kaldi filterbank of clapart_core.fbank against torchaudio's output (tests/fixtures/beats).
+"""The Kaldi filterbank of clapart_core.encoders.fbank against torchaudio's output (tests/fixtures/beats).
 
 Tolerances are the reference README's: float32 rounding of the 32768-scaled signal moves the
 quietest mel bins of torchaudio itself by ~1e-2 between machines and precisions, so raw values
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.fbank import (
+from clapart_core.encoders.fbank import (
     FBANK_MEAN,
     FBANK_STD,
     beats_fbank,

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from clapart_core.beats import num_patches, random_beats
-from clapart_core.clap import random_clap
-from clapart_core.decoded_audio import audio_path, decode_split, read_clip
-from clapart_core.features import extract_beats_features, extract_clap_embeddings, sample_frames
-from clapart_core.storage import RaggedReader, RaggedWriter
+from clapart_core.encoders.beats import num_patches, random_beats
+from clapart_core.encoders.clap import random_clap
+from clapart_core.corpus.decoded import audio_path, decode_split, read_clip
+from clapart_core.encoders.extract import extract_beats_features, extract_clap_embeddings, sample_frames
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 TINY_BEATS = {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}
 

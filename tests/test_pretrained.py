@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.clap import ModelNotFoundError, load_clap, random_clap
-from clapart_core.decoding import load_captioner
-from clapart_core.text import train_caption_tokenizer
-from clapart_core.training import CaptionExample, train_captioner
+from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
+from clapart_core.captioner.generate import load_captioner
+from clapart_core.captioner.text import train_caption_tokenizer
+from clapart_core.captioner.training import CaptionExample, train_captioner
 
 
 def test_clap_from_local_dir_matches_in_memory_model(tmp_path):
@@ -58,7 +58,7 @@ def test_training_from_a_local_bart_dir(tmp_path):
 
 
 def test_missing_bart_is_one_sentence(tmp_path):
-    from clapart_core.captioner import ClapArtForCaptioning
+    from clapart_core.captioner.model import ClapArtForCaptioning
 
     with pytest.raises(FileNotFoundError) as err:
         ClapArtForCaptioning.from_bart(str(tmp_path / "no-bart"), num_codebooks=2, codebook_size=8)

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from clapart_core.cli import app
-from clapart_core.params import phase_params
+from clapart_core.pipeline.params import phase_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,6 @@
 """The ablation table and plot built from `dvc exp show --json`."""
 
-from clapart_core.report import collect_rows, to_markdown, write_csv, write_layers_svg
+from clapart_core.scoring.report import collect_rows, to_markdown, write_csv, write_layers_svg
 
 
 def _run(name, etype, layers, clap, cider, spider=None):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks, nearest, quantisation_report
+from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks, nearest, quantisation_report
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_bad_requests_are_clear():
 
 
 def test_codebook_file_is_byte_stable(tmp_path):
-    from clapart_core.rvq import load_codebooks, save_codebooks
+    from clapart_core.tokens.rvq import load_codebooks, save_codebooks
 
     cb = np.random.default_rng(0).standard_normal((3, 8, 4)).astype(np.float32)
     save_codebooks(tmp_path / "a.npz", cb, seed=1, sample_size=100)

@@ -24,8 +24,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from clapart_core.datasets import MANIFEST_SCHEMA, ROOT_KEY, ManifestError, read_manifest
-from clapart_core.pipeline_config import write_configs
+from clapart_core.corpus.datasets import MANIFEST_SCHEMA, ROOT_KEY, ManifestError, read_manifest
+from clapart_core.pipeline.config import write_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 

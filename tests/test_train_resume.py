@@ -24,9 +24,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from clapart_core.beats import CheckpointError
-from clapart_core.train_state import CHECKPOINT_NAME, TRAJECTORY_FREE_KEYS, load_checkpoint
-from clapart_core.training import CaptionExample, train_captioner
+from clapart_core.encoders.beats import CheckpointError
+from clapart_core.captioner.train_state import CHECKPOINT_NAME, TRAJECTORY_FREE_KEYS, load_checkpoint
+from clapart_core.captioner.training import CaptionExample, train_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["dog barks", "rain falls", "car passes", "bird sings", "man speaks", "water flows", "door slams", "bell rings"]
@@ -164,7 +164,7 @@ def test_finished_run_extended_by_raising_epochs(tmp_path: Path, reference) -> N
 
 def test_checkpoint_of_other_inputs_is_ignored_with_one_log_line(tmp_path: Path, caplog, reference) -> None:
     run(tmp_path, epochs=1)
-    with caplog.at_level(logging.INFO, logger="clapart_core.training"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.captioner.training"):
         summary = run(tmp_path, epochs=1, resume=True, lr=1e-3)
     assert summary["resumed_from_step"] == 0
     lines = [r.getMessage() for r in caplog.records if "train.resume" in r.getMessage()]
@@ -173,20 +173,20 @@ def test_checkpoint_of_other_inputs_is_ignored_with_one_log_line(tmp_path: Path,
     caplog.clear()
     assert run(tmp_path, epochs=1, resume=True, lr=1e-3)["resumed_from_step"] == 5
     # another seed
-    with caplog.at_level(logging.INFO, logger="clapart_core.training"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.captioner.training"):
         assert run(tmp_path, seed=SEED + 1, epochs=1, resume=True, lr=1e-3)["resumed_from_step"] == 0
     assert any("(seed differ)" in r.getMessage() for r in caplog.records)
     # fewer epochs than the checkpoint has done (the reference's, at step 10): starts fresh
     caplog.clear()
     shutil.rmtree(tmp_path / "ckpt")
     shutil.copytree(reference[0] / "ckpt", tmp_path / "ckpt")
-    with caplog.at_level(logging.INFO, logger="clapart_core.training"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.captioner.training"):
         assert run(tmp_path, epochs=1, resume=True)["resumed_from_step"] == 0
     assert any("is at step 10, past this run's 5 steps" in r.getMessage() for r in caplog.records)
 
 
 def test_no_checkpoint_with_resume_starts_fresh(tmp_path: Path, caplog) -> None:
-    with caplog.at_level(logging.INFO, logger="clapart_core.training"):
+    with caplog.at_level(logging.INFO, logger="clapart_core.captioner.training"):
         assert run(tmp_path, epochs=1, resume=True)["resumed_from_step"] == 0
     assert any("no checkpoint at" in r.getMessage() for r in caplog.records)
 
@@ -251,8 +251,8 @@ def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> N
     last.pt exits with one `error: train: ...` line, and the payload does not run."""
     import pyarrow as pa
 
-    from clapart_core.datasets import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
-    from clapart_core.storage import write_tokens
+    from clapart_core.corpus.datasets import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
+    from clapart_core.pipeline.storage import write_tokens
 
     examples = {"train": toy_examples(4, 0), "val": toy_examples(2, 1)}
     rows = [(ex.clip_id if s == "train" else f"v{ex.clip_id}", s, ex.captions) for s, exs in examples.items() for ex in exs]

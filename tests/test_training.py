@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clapart_core.decoding import caption_examples, load_captioner
-from clapart_core.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
-from clapart_core.training import CaptionExample, build_batch, inverse_sqrt_factor, train_captioner
+from clapart_core.captioner.generate import caption_examples, load_captioner
+from clapart_core.captioner.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
+from clapart_core.captioner.training import CaptionExample, build_batch, inverse_sqrt_factor, train_captioner
 
 @pytest.fixture(autouse=True)
 def one_thread():

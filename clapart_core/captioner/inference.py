@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.rvq import ResidualVQ, load_codebooks, save_codebooks
-from clapart_core.storage import RaggedReader, model_fingerprint
+from clapart_core.tokens.rvq import ResidualVQ, load_codebooks, save_codebooks
+from clapart_core.pipeline.storage import RaggedReader, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,8 @@ class _Tokenizer:
     """Raw 16/24 kHz audio -> ``[T, N]`` codes, as the pipeline's features + tokenize stages do."""
 
     def __init__(self, front: dict[str, Any], model_dir: Path, device: str) -> None:
-        from clapart_core.beats import load_beats, load_beats_tokenizer, random_beats, random_beats_tokenizer
-        from clapart_core.codecs import encodec_from_spec
+        from clapart_core.encoders.beats import load_beats, load_beats_tokenizer, random_beats, random_beats_tokenizer
+        from clapart_core.encoders.encodec import encodec_from_spec
 
         self.type, spec, self.device = front["encoder_type"], front["encoder"]["spec"], device
         expected = front["encoder"]["weights_sha256"]
@@ -89,8 +89,8 @@ class _Tokenizer:
         self.model = self.model.to(device).eval()
 
     def __call__(self, path: Path) -> np.ndarray:
-        from clapart_core.audio import load_audio
-        from clapart_core.beats import num_patches
+        from clapart_core.corpus.audio import load_audio
+        from clapart_core.encoders.beats import num_patches
 
         # the decode stage stores int16 PCM: round to that grid so tokens match the pipeline's
         wave = (np.round(load_audio(path, self.sample_rate) * 32767.0) / 32767.0).astype(np.float32)
@@ -118,9 +118,9 @@ class CaptionPipeline:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, device: str = "auto") -> "CaptionPipeline":
-        from clapart_core.clap import load_clap, random_clap
-        from clapart_core.decoding import load_captioner
-        from clapart_core.params import resolve_device
+        from clapart_core.encoders.clap import load_clap, random_clap
+        from clapart_core.captioner.generate import load_captioner
+        from clapart_core.pipeline.params import resolve_device
 
         device = resolve_device(device)
         front = read_frontend(model_dir)
@@ -135,9 +135,9 @@ class CaptionPipeline:
 
     def caption_files(self, paths: Sequence[Path], num_beams: int = 4, max_length: int = 50) -> list[str]:
         """Caption audio files (any format soundfile reads, any rate, any channel count)."""
-        from clapart_core.audio import load_audio
-        from clapart_core.decoding import caption_examples
-        from clapart_core.training import CaptionExample
+        from clapart_core.corpus.audio import load_audio
+        from clapart_core.captioner.generate import caption_examples
+        from clapart_core.captioner.training import CaptionExample
 
         examples = []
         for path in paths:

@@ -10,7 +10,7 @@ seeded from ``seed``; weight initialisation and dropout use torch's global RNG, 
 ``train_captioner`` seeds with ``torch.manual_seed(seed)`` once at its start (documented side
 effect). Same seed, same data, same thread count -> identical losses and weights on CPU.
 
-Resume: with a ``checkpoint_dir`` the loop writes ``last.pt`` (see :mod:`clapart_core.train_state`)
+Resume: with a ``checkpoint_dir`` the loop writes ``last.pt`` (see :mod:`clapart_core.captioner.train_state`)
 at every epoch end and every ``checkpoint_every`` steps; with ``resume: true`` it continues from
 a matching one, to bitwise the same result as the uninterrupted run.
 """
@@ -33,11 +33,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from . import train_state
-from .captioner import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
-from .params import resolve_device
-from .storage import model_fingerprint
-from .text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
+from clapart_core.captioner import train_state
+from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
+from clapart_core.pipeline.params import resolve_device
+from clapart_core.pipeline.storage import model_fingerprint
+from clapart_core.captioner.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ def load_for_finetuning(
         ValueError: the new tokens do not fit the model (other codebook count or size), or
             ``use_clap`` differs from the model's.
     """
-    from .decoding import load_captioner  # decoding imports this module's Batch
+    from clapart_core.captioner.generate import load_captioner  # decoding imports this module's Batch
 
     model, tokenizer = load_captioner(model_dir)
     config = model.config

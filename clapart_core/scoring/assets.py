@@ -218,7 +218,7 @@ def spice_install_command(cache_path: str | Path | None = None) -> str:
     would also pull the 1.4 GB roberta-large model for BERTScore.
     """
     root = default_cache_path(cache_path)
-    return f"python -m clapart_core.metrics --download-spice --cache-path {root}"
+    return f"python -m clapart_core.scoring.metrics --download-spice --cache-path {root}"
 
 
 def spice_unavailable_reason(cache_path: str | Path | None = None) -> str | None:

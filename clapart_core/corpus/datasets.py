@@ -23,7 +23,7 @@ Audio paths never leave the root: :func:`resolve_audio_path` refuses absolute pa
 
 The ``folder`` source is ``{root}/train.csv`` (required), ``val.csv``, ``test.csv`` (optional)
 with columns ``file_name, caption_1..caption_N`` (Clotho style, ``file_name`` relative to the
-root). ``demo`` writes :mod:`clapart_core.demo_corpus` into the root and reads it as a folder.
+root). ``demo`` writes :mod:`clapart_core.corpus.demo` into the root and reads it as a folder.
 
 ``clotho`` and ``audiocaps`` read a root in the layout aac-datasets 0.7.0 downloads to, so a
 root prepared by ``aac-datasets-download`` (or copied from a machine that ran it) is read
@@ -62,8 +62,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clapart_core.audio import AudioDecodeError, audio_info
-from clapart_core.demo_corpus import generate_demo_corpus
+from clapart_core.corpus.audio import AudioDecodeError, audio_info
+from clapart_core.corpus.demo import generate_demo_corpus
 
 __all__ = [
     "AUDIOCAPS_COLUMNS",
@@ -870,7 +870,7 @@ def build_manifest(
         download: ``clotho`` / ``audiocaps`` only: first fetch the splits not yet in ``root``
             with aac-datasets (:func:`download_corpus`). Reading never needs aac-datasets.
         source_options: for ``demo``, the keyword arguments of
-            :func:`clapart_core.demo_corpus.generate_demo_corpus` (``n_clips``, ``clip_seconds``,
+            :func:`clapart_core.corpus.demo.generate_demo_corpus` (``n_clips``, ``clip_seconds``,
             ``sample_rate``, ``seed``, ``splits``); for ``clotho`` ``version`` (default
             ``v2.1``); for ``audiocaps`` ``version`` (``v1``), ``sample_rate`` (32000) and
             ``audio_format`` (``flac``); ``folder`` takes none.

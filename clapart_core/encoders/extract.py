@@ -1,7 +1,7 @@
 """Stage bodies that turn decoded audio into encoder outputs: BEATs patch features and CLAP
 embeddings, plus the frame sampling the codebook fit uses. Each function streams clip by clip
 (memory does not grow with the corpus) and writes one ragged HDF5 file
-(:mod:`clapart_core.storage`); the extractions resume after a kill (:mod:`clapart_core.resume`).
+(:mod:`clapart_core.pipeline.storage`); the extractions resume after a kill (:mod:`clapart_core.pipeline.resume`).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.decoded_audio import read_batch, read_clip
-from clapart_core.resume import ShardedRun, file_digest, plan_groups
-from clapart_core.storage import RaggedReader, RaggedWriter, model_fingerprint
+from clapart_core.corpus.decoded import read_batch, read_clip
+from clapart_core.pipeline.resume import ShardedRun, file_digest, plan_groups
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, model_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ def extract_beats_features(
     """BEATs patch features for every clip of one split: ``[S] -> [T, D]`` fp16, ``T = 8·⌊F/16⌋``.
 
     Clips are batched by length; each clip keeps only its own valid patches, so its features
-    equal the clip run alone (the encoder masks per clip, see :mod:`clapart_core.beats`).
+    equal the clip run alone (the encoder masks per clip, see :mod:`clapart_core.encoders.beats`).
     Clips shorter than one patch (0.175 s) get ``T = 0`` rows.
 
     Resumable: finished groups of batches are kept in ``work_dir`` (default ``{out_h5}.parts``;
-    :mod:`clapart_core.resume`), and a rerun after a kill computes only the missing groups. The
+    :mod:`clapart_core.pipeline.resume`), and a rerun after a kill computes only the missing groups. The
     shards are removed once ``out_h5`` is written, unless ``keep_shards`` (the caller removes them).
     """
     audio_h5, out_h5 = Path(audio_h5), Path(out_h5)
@@ -96,7 +96,7 @@ def per_patch_outputs(
     ``run(wave [B, S], padding_mask [B, S]) -> [B, N, ...]`` (per-clip masking, so a row equals
     the clip alone). Clips shorter than one patch yield ``empty`` (``T = 0``).
     """
-    from clapart_core.beats import num_patches
+    from clapart_core.encoders.beats import num_patches
 
     lengths = np.diff(reader.offsets)
     groups = plan_groups(length_buckets(lengths, batch_size), lengths)

@@ -93,7 +93,7 @@ class Workspace:
 
     @property
     def resume(self) -> Path:
-        """Shards of a killed features/clap run (clapart_core/resume.py); not a DVC output, so kept."""
+        """Shards of a killed features/clap run (clapart_core/pipeline/resume.py); not a DVC output, so kept."""
         return self.root / ".resume"
 
     @property

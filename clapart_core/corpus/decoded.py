@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
-from clapart_core.storage import RaggedReader, RaggedWriter
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 PCM_SCALE = 32767.0
 
@@ -86,7 +86,7 @@ def decode_clip(path: Path, sample_rates: Sequence[int], max_seconds: float | No
         AudioDecodeError: the file cannot be used (missing, empty, unreadable, non-finite, bad
             channel count or rate, shorter than one BEATs patch).
     """
-    from clapart_core.audio import AudioDecodeError, audio_info, load_audio
+    from clapart_core.corpus.audio import AudioDecodeError, audio_info, load_audio
 
     sr_file, _, frames = audio_info(path)
     duration = frames / sr_file
@@ -124,8 +124,8 @@ def decode_split(
     truncated, cropped) are flagged in both modes.
     """
     # imported here so that stages which only *read* decoded audio do not depend on the decoders
-    from clapart_core.audio import AudioDecodeError
-    from clapart_core.datasets import resolve_audio_path
+    from clapart_core.corpus.audio import AudioDecodeError
+    from clapart_core.corpus.datasets import resolve_audio_path
 
     if on_error not in ("fail", "skip"):
         raise ValueError(f"decode.on_error must be 'fail' or 'skip', got {on_error!r}")

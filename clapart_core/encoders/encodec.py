@@ -9,8 +9,8 @@
 - ``beats_tokenizer`` -- the official BEATs acoustic tokenizer ("BEATs-AT"): one code of a
   1024-entry codebook per 16 x 16 fbank patch, time-major like the BEATs features, ``[T, 1]``.
 
-Both stage bodies stream a decoded-audio file (:mod:`clapart_core.decoded_audio`) and write the
-token Parquet of :mod:`clapart_core.storage` directly, with the same metadata keys as the
+Both stage bodies stream a decoded-audio file (:mod:`clapart_core.corpus.decoded`) and write the
+token Parquet of :mod:`clapart_core.pipeline.storage` directly, with the same metadata keys as the
 ``beats_rvq`` tokens (``num_codebooks``, ``codebook_size``, ``encoder_type`` and an ``encoder``
 dict ``{name, spec, pretrained, weights_sha256}``), so ``train`` and ``score`` do not know which
 encoder produced the codes.
@@ -24,9 +24,9 @@ Batching never changes a clip's codes:
   that is that close to a tie. One clip per call costs nothing on the CPU (measured: 6 clips of
   4 s alone 0.18 s, batched 0.22 s for the small random model) and little on a GPU.
 - BEATs' tokenizer masks each clip's own patches (``padding_semantics="alone"`` in
-  :mod:`clapart_core.beats`), so clips share length-bucketed batches and each keeps only its
+  :mod:`clapart_core.encoders.beats`), so clips share length-bucketed batches and each keeps only its
   valid patches. Clips are written in the stable length order of
-  :func:`clapart_core.features.length_buckets`, which does not depend on ``batch_size``.
+  :func:`clapart_core.encoders.extract.length_buckets`, which does not depend on ``batch_size``.
 
 Offline use has no pretrained EnCodec weights: :func:`random_encodec` builds the real architecture
 (``EncodecConfig``, 24 kHz, hop 320, 1024-entry codebooks) at a small width with seeded weights.
@@ -51,11 +51,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.clap import ModelNotFoundError
-from clapart_core.decoded_audio import PCM_SCALE
-from clapart_core.features import BEATS_SAMPLE_RATE, parts_path, per_patch_outputs
-from clapart_core.resume import ShardedRun, file_digest, plan_groups
-from clapart_core.storage import RaggedReader, model_fingerprint, write_tokens
+from clapart_core.encoders.clap import ModelNotFoundError
+from clapart_core.corpus.decoded import PCM_SCALE
+from clapart_core.encoders.extract import BEATS_SAMPLE_RATE, parts_path, per_patch_outputs
+from clapart_core.pipeline.resume import ShardedRun, file_digest, plan_groups
+from clapart_core.pipeline.storage import RaggedReader, model_fingerprint, write_tokens
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def extract_encodec_tokens(
     12 kbps). Clips are encoded one at a time, in file order (see the module docstring).
     ``metadata`` adds keys to the Parquet metadata. Returns the number of clips written.
     Resumable: finished groups of clips are kept in ``work_dir`` (default ``{out_parquet}.parts``;
-    :mod:`clapart_core.resume`), and a rerun after a kill encodes only the missing ones. The shards
+    :mod:`clapart_core.pipeline.resume`), and a rerun after a kill encodes only the missing ones. The shards
     are removed once ``out_parquet`` is written, unless ``keep_shards`` (the caller removes them).
     """
     audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)

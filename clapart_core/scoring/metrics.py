@@ -5,7 +5,7 @@ as its ``evaluate(preprocess=True)`` does: the Stanford PTB tokenizer (CoreNLP 3
 lower-cased, COCO punctuation list removed) runs once over candidates and references, then
 BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D, SPICE and SPIDEr (and FENSE / SPIDEr-FL when their
 models are on disk) are computed on the tokenised strings. What the Java programs need is set
-up offline by :mod:`clapart_core.metrics_assets`.
+up offline by :mod:`clapart_core.scoring.assets`.
 
 Result contract (``metrics/scores.json``): the metric keys of :data:`ALL_METRICS`, a float or
 ``None``; ``spice_unavailable`` (a sentence, or ``None`` when SPICE ran); and ``unavailable``
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from clapart_core.metrics_assets import (
+from clapart_core.scoring.assets import (
     AssetStatus,
     JavaNotFoundError,
     MissingAssetError,
@@ -190,7 +190,7 @@ def _fense_unavailable_reason() -> str | None:
         return None
     return (
         f"FENSE and SPIDEr-FL need {' and '.join(missing)}, which cannot be downloaded here; on a "
-        f"machine with internet run `python -m clapart_core.metrics --download-fense`."
+        f"machine with internet run `python -m clapart_core.scoring.metrics --download-fense`."
     )
 
 
@@ -808,8 +808,8 @@ def download_fense() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m clapart_core.metrics --setup | --download-spice | --download-fense [--cache-path D] [--java J]``."""
-    parser = argparse.ArgumentParser(prog="python -m clapart_core.metrics", description=__doc__.splitlines()[0])
+    """``python -m clapart_core.scoring.metrics --setup | --download-spice | --download-fense [--cache-path D] [--java J]``."""
+    parser = argparse.ArgumentParser(prog="python -m clapart_core.scoring.metrics", description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument(
         "--setup", action="store_true", help="link the jars from pycocoevalcap and check Java (offline)"

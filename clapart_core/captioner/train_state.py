@@ -10,7 +10,7 @@ thread count; ``tests/test_train_resume.py`` kills a run with SIGKILL and checks
 
 Safety: the file holds only tensors, dicts, lists, strings and numbers, so it is read with
 ``torch.load(weights_only=True)``; a file that would need anything else (a pickle that runs
-code) is refused with :class:`~clapart_core.checkpoints.CheckpointError` before anything in it runs.
+code) is refused with :class:`~clapart_core.pipeline.checkpoints.CheckpointError` before anything in it runs.
 
 Fingerprint: a checkpoint records hashes of what it was trained on (params except those that
 do not change the trajectory, seed, train/val data, caption tokenizer, training code, torch
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.checkpoints import CheckpointError, load_weights_only
+from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 #: train keys that change neither the trajectory nor what is logged up to the checkpoint
 TRAJECTORY_FREE_KEYS = frozenset({"resume", "epochs", "checkpoint_every"})
 #: modules whose code defines the trajectory: an edit there invalidates a checkpoint
-_CODE_MODULES = ("training.py", "captioner.py", "text.py", "train_state.py")
+_CODE_MODULES = ("training.py", "model.py", "text.py", "train_state.py")
 
 
 def _sha(data: bytes) -> str:

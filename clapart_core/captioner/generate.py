@@ -9,9 +9,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from .captioner import ClapArtForCaptioning
-from .text import load_caption_tokenizer
-from .training import CaptionExample, build_batch
+from clapart_core.captioner.model import ClapArtForCaptioning
+from clapart_core.captioner.text import load_caption_tokenizer
+from clapart_core.captioner.training import CaptionExample, build_batch
 
 logger = logging.getLogger(__name__)
 

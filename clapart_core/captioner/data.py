@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from clapart_core.storage import RaggedReader, read_tokens
-from clapart_core.training import CaptionExample
+from clapart_core.pipeline.storage import RaggedReader, read_tokens
+from clapart_core.captioner.training import CaptionExample
 
 
 def load_examples(tokens_file: Path, manifest: pa.Table, clap_file: Path | None) -> list[CaptionExample]:
