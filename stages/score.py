@@ -22,7 +22,7 @@ if __name__ == "__main__":
     model, tokenizer = load_captioner(ws.model)
     tokens = ws.tokens / "test.parquet"
     test = load_examples(tokens, manifest, ws.clap_features / "test.h5" if model.config.use_clap else None)
-    dt = params["decode_text"]
+    dt = params["generate"]
     predictions = caption_examples(
         model, tokenizer, test, num_beams=dt["num_beams"], max_length=dt["max_length"], no_repeat_ngram_size=dt["no_repeat_ngram_size"], batch_size=dt["batch_size"]
     )
