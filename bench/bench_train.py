@@ -1,6 +1,6 @@
 """Captioner training-step speed on the CPU: the demo model (params.yaml ``model``) and a
 bart-base-sized one (d 768, 6 + 6 layers, 12 heads, FFN 3072, 50265-token vocabulary), each
-with 16 codebooks, CLAP slot and MCM loss, exactly the step of :func:`clapart_core.captioner.training._train`:
+with 16 codebooks, CLAP slot and MCM loss, exactly the step of :func:`clapart_core.captioner.training._optimisation_step`:
 
     build_batch + mask_codes (the data loader) -> forward -> backward -> clip -> AdamW step
 
@@ -23,7 +23,8 @@ import torch
 
 from bench.common import line, set_threads
 from clapart_core.pipeline.params import load_params
-from clapart_core.captioner.training import CaptionExample, _optimizer, build_batch, build_captioner
+from clapart_core.captioner.data import CaptionExample, build_batch
+from clapart_core.captioner.training import _optimizer, build_captioner
 
 ROOT = Path(__file__).resolve().parent.parent
 BART_BASE = {"vocab_size": 50265, "codebook_size": 1024, "d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "attention_heads": 12, "ffn_dim": 3072}

@@ -35,7 +35,8 @@ import yaml
 
 from clapart_core.encoders.beats import random_beats
 from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks
-from clapart_core.captioner.training import CaptionExample, train_captioner
+from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.training import train_captioner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16_000

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
-from clapart_core.captioner.generate import caption_examples, load_captioner
+from clapart_core.captioner.generate import caption_examples
+from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, import_faiss
-from clapart_core.captioner.training import CaptionExample, train_captioner
+from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.training import train_captioner
 
 
 def examples(n: int, frames: int, codebooks: int, k: int, seed: int) -> list[CaptionExample]:

@@ -56,7 +56,7 @@ def caption(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Caption your own audio files with a trained model."""
-    from clapart_core.encoders.beats import CheckpointError
+    from clapart_core.pipeline.checkpoints import CheckpointError
     from clapart_core.captioner.inference import CaptionPipeline
 
     try:

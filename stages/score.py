@@ -1,20 +1,19 @@
-"""Stage `score`: beam-search captions for the test split -> data/predictions/{test.csv, test_per_clip.csv};
+"""Stage `score`: beam-search captions (params `generate`) for the test split -> data/predictions/{test.csv, test_per_clip.csv};
 DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json.
 --phase NAME: the fine-tuned model on its corpus's test split -> metrics/finetune/NAME/scores.json."""
 
 import csv
-import json
-from pathlib import Path
 
 import pyarrow.compute as pc
 
 from clapart_core.captioner.data import load_examples
+from clapart_core.captioner.generate import caption_examples
+from clapart_core.captioner.model_dir import load_captioner, read_frontend, read_summary
 from clapart_core.corpus.datasets import read_manifest
-from clapart_core.captioner.generate import caption_examples, load_captioner
-from clapart_core.captioner.inference import read_frontend
-from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
+from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.storage import read_tokens
+from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
 
 if __name__ == "__main__":
     params, ws = start_stage("score")
@@ -22,13 +21,18 @@ if __name__ == "__main__":
     model, tokenizer = load_captioner(ws.model)
     tokens = ws.tokens / "test.parquet"
     test = load_examples(tokens, manifest, ws.clap_features / "test.h5" if model.config.use_clap else None)
-    dt = params["decode_text"]
+    gen = params["generate"]
     predictions = caption_examples(
-        model, tokenizer, test, num_beams=dt["num_beams"], max_length=dt["max_length"], no_repeat_ngram_size=dt["no_repeat_ngram_size"], batch_size=dt["batch_size"]
+        model,
+        tokenizer,
+        test,
+        num_beams=gen["num_beams"],
+        max_length=gen["max_length"],
+        no_repeat_ngram_size=gen["no_repeat_ngram_size"],
+        batch_size=gen["batch_size"],
     )
     out = ws.predictions
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "test.csv").open("w", newline="") as f:
+    with atomic_path(out / "test.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", "caption_predicted"])
         writer.writerows((ex.clip_id, text) for ex, text in zip(test, predictions, strict=True))
@@ -42,7 +46,7 @@ if __name__ == "__main__":
         n_clips=len(test),
         encoder_pretrained=bool(encoder["pretrained"]),
         clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
-        bart_pretrained=bool(json.loads((ws.model / "training_summary.json").read_text())["pretrained"]),
+        bart_pretrained=bool(read_summary(ws.model)["pretrained"]),
         encoder_type=frontend["encoder_type"],
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,

@@ -1,8 +1,8 @@
-"""The ART-token BART captioner: encoder input layout, MCM, losses, saving and decoding."""
+"""The ART-token BART captioner: encoder input layout, MCM, losses, saving and generation."""
 
+import pytest
 import torch
 import torch.nn.functional as F
-import pytest
 from transformers import AutoModel, BartForConditionalGeneration
 
 from clapart_core.captioner.model import (

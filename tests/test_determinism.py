@@ -39,7 +39,8 @@ for stage in ("features", "codebooks", "tokenize"):
     runpy.run_module(f"stages.{stage}", run_name="__main__", alter_sys=True)
 
 from clapart_core.pipeline.storage import read_tokens
-from clapart_core.captioner.training import CaptionExample, train_captioner
+from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.training import train_captioner
 
 tokens = read_tokens(Path("data/tokens/train.parquet"))
 words = ["dog barks", "rain falls", "car passes", "bird sings"]
@@ -64,7 +65,8 @@ def _project(root: Path) -> None:
     """Tiny decoded audio (tones + seeded noise, 1-1.5 s) and the configs configure would write."""
     rng = np.random.default_rng(0)
     for split, n in zip(SPLITS, (8, 3, 3), strict=True):
-        with RaggedWriter(audio_path(root / "data/audio", BEATS_RATE, split), (), np.int16, attrs={"sample_rate": BEATS_RATE, "scale": PCM_SCALE, "split": split}) as w:
+        attrs = {"sample_rate": BEATS_RATE, "scale": PCM_SCALE, "split": split}
+        with RaggedWriter(audio_path(root / "data/audio", BEATS_RATE, split), (), np.int16, attrs=attrs) as w:
             for i in range(n):
                 t = np.arange(int(BEATS_RATE * (1.0 + 0.1 * i))) / BEATS_RATE
                 wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.05 * rng.standard_normal(t.size)

@@ -28,7 +28,7 @@ TINY = {
     "rvq": {"max_layers": 4, "codebook_size": 16, "layers": 4, "kmeans": {"niter": 4, "max_samples": 5000}},
     "model": {"vocab_size": 300, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 64},
     "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 2},
-    "decode_text": {"num_beams": 2, "max_length": 20},
+    "generate": {"num_beams": 2, "max_length": 20},
 }
 
 

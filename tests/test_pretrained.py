@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
-from clapart_core.captioner.generate import load_captioner
+from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.text import train_caption_tokenizer
-from clapart_core.captioner.training import CaptionExample, train_captioner
+from clapart_core.captioner.training import train_captioner
+from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
 
 
 def test_clap_from_local_dir_matches_in_memory_model(tmp_path):

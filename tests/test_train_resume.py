@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,9 +24,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from clapart_core.encoders.beats import CheckpointError
+from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.train_state import CHECKPOINT_NAME, TRAJECTORY_FREE_KEYS, load_checkpoint
-from clapart_core.captioner.training import CaptionExample, train_captioner
+from clapart_core.captioner.training import train_captioner
+from clapart_core.pipeline.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORDS = ["dog barks", "rain falls", "car passes", "bird sings", "man speaks", "water flows", "door slams", "bell rings"]
@@ -135,7 +136,7 @@ def test_sigkilled_run_resumes_to_identical_weights_metrics_and_curves(tmp_path:
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert not (root / "model").exists()
     # the kill hit the second write: its temp file is there, last.pt is still the first checkpoint
-    assert [p.name for p in (root / "ckpt").glob(".last.pt.tmp-*")]
+    assert [p.name for p in (root / "ckpt").glob("last.pt.partial")]
     ckpt = load_checkpoint(root / "ckpt" / CHECKPOINT_NAME)
     assert (ckpt["epoch"], ckpt["batch"], ckpt["step"]) == (0, 3, 3)
     # the killed run had logged past its checkpoint (train at step 4, val at step 5)
@@ -147,7 +148,7 @@ def test_sigkilled_run_resumes_to_identical_weights_metrics_and_curves(tmp_path:
     got, want = weights(root), weights(ref_root)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert live_files(root) == live_files(ref_root)
-    assert not list((root / "ckpt").glob(".last.pt.tmp-*")), "stale temp files are cleaned up"
+    assert not list((root / "ckpt").glob("last.pt.partial")), "stale temp files are cleaned up"
 
 
 def test_finished_run_extended_by_raising_epochs(tmp_path: Path, reference) -> None:

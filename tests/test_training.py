@@ -1,4 +1,4 @@
-"""Caption tokenizer, training loop (schedule, determinism, logging, saving) and decoding."""
+"""Caption tokenizer, training loop (schedule, determinism, logging, saving) and generation."""
 
 import csv
 import json
@@ -8,9 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from clapart_core.captioner.generate import caption_examples, load_captioner
+from clapart_core.captioner.data import CaptionExample, build_batch
+from clapart_core.captioner.generate import caption_examples
+from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
-from clapart_core.captioner.training import CaptionExample, build_batch, inverse_sqrt_factor, train_captioner
+from clapart_core.captioner.training import inverse_sqrt_factor, train_captioner
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -110,7 +113,7 @@ def test_build_batch_pads_crops_and_masks_labels():
         build_batch([no_clap], max_frames=11, use_clap=True, crop_generator=None)
 
 
-def test_overfits_code_determined_captions_and_decodes_them(tmp_path):
+def test_overfits_code_determined_captions_and_generates_them(tmp_path):
     examples = toy_examples(8)
     # no label smoothing here: it caps token probabilities at ~0.8, and an under-trained model
     # then lets beam search's early stop prefer a truncated caption (smoothing has its own test)

@@ -1,39 +1,17 @@
-"""Loading a trained captioner and captioning clips with the paper's beam search."""
+"""Captioning examples with the paper's beam search (stage score, ``clapart caption``).
+
+"Generate" is text generation here; "decode" in clapart means audio decoding only.
+"""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from pathlib import Path
 
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from clapart_core.captioner.data import CaptionExample, build_batch
 from clapart_core.captioner.model import ClapArtForCaptioning
-from clapart_core.captioner.text import load_caption_tokenizer
-from clapart_core.captioner.training import CaptionExample, build_batch
-
-logger = logging.getLogger(__name__)
-
-#: files a ``train_captioner`` output directory must hold to be usable
-REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-
-
-def load_captioner(model_dir: Path) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
-    """Load a captioner and its tokenizer saved by ``train_captioner`` (eval mode, CPU).
-
-    Weights are read from safetensors only, so loading never unpickles code.
-    """
-    model_dir = Path(model_dir)
-    missing = [name for name in REQUIRED_MODEL_FILES if not (model_dir / name).is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"{model_dir} is not a trained captioner directory (missing {', '.join(missing)}); run the train stage first."
-        )
-    model = ClapArtForCaptioning.from_pretrained(str(model_dir))
-    model.eval()
-    tokenizer = load_caption_tokenizer(model_dir)
-    return model, tokenizer
 
 
 def caption_examples(
@@ -50,7 +28,8 @@ def caption_examples(
     """Caption every example (first ``max_frames`` frames), returning captions in input order.
 
     Examples are batched in order of length so that little padding is computed; the model's
-    device is used (move the model first to decode on GPU). ``early_stopping`` as in
+    device is used (move the model first to generate on GPU). The keyword arguments are the
+    params section ``generate:``; ``early_stopping`` as in
     [`ClapArtForCaptioning.generation_config_for`] (True = the official EnCLAP setting).
     """
     device = next(model.parameters()).device
@@ -76,7 +55,7 @@ def caption_examples(
                 max_length=max_length,
                 early_stopping=early_stopping,
             )
-            for i, text in zip(chunk, texts):
+            for i, text in zip(chunk, texts, strict=True):
                 captions[i] = text
             progress.update(len(chunk))
     return [c if c is not None else "" for c in captions]

@@ -1,16 +1,15 @@
 """Captioning raw audio files with a trained model directory (``clapart caption``).
 
-A model directory from the train stage holds, besides the BART captioner and its tokenizer,
-the *front end* that produced its tokens: ``frontend.json`` (which BEATs / CLAP weights, as a
-checkpoint path or a random-init spec + seed, with their weight fingerprints) and ``rvq.npz``
-(the codebooks actually used). :class:`CaptionPipeline` rebuilds that front end, checks the
-fingerprints (a different BEATs would silently give different tokens), and runs
-audio -> BEATs -> RVQ codes (+ CLAP) -> beam search.
+A model directory from the train stage (written and read by :mod:`clapart_core.captioner.model_dir`)
+holds, besides the BART captioner and its tokenizer, the *front end* that produced its tokens:
+``frontend.json`` (which BEATs / CLAP weights, as a checkpoint path or a random-init spec + seed,
+with their weight fingerprints) and ``rvq.npz`` (the codebooks actually used).
+:class:`CaptionPipeline` rebuilds that front end, checks the fingerprints (a different BEATs would
+silently give different tokens), and runs audio -> BEATs -> RVQ codes (+ CLAP) -> beam search.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,42 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.tokens.rvq import ResidualVQ, load_codebooks, save_codebooks
-from clapart_core.pipeline.storage import RaggedReader, model_fingerprint
+from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.generate import caption_examples
+from clapart_core.captioner.model_dir import CODEBOOKS_FILE, load_captioner, read_frontend
+from clapart_core.pipeline.storage import model_fingerprint
+from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
 
 log = logging.getLogger(__name__)
-
-FRONTEND_FILE = "frontend.json"
-CODEBOOKS_FILE = "rvq.npz"
-
-
-def write_frontend(model_dir: Path, tokens_meta: dict[str, Any], codebooks_file: Path, clap_file: Path | None) -> None:
-    """Record the token front end next to a trained captioner.
-
-    Args:
-        model_dir: the trained model directory.
-        tokens_meta: metadata of the token files the model was trained on.
-        codebooks_file: the full ``rvq.npz``; its first ``num_codebooks`` layers are copied.
-        clap_file: a CLAP embeddings file (its attrs name the CLAP model), or None without CLAP.
-    """
-    n = int(tokens_meta["num_codebooks"])
-    if tokens_meta["encoder_type"] == "beats_rvq":
-        codebooks, fit = load_codebooks(codebooks_file)
-        save_codebooks(model_dir / CODEBOOKS_FILE, codebooks[:n], **fit)
-    clap = None
-    if clap_file is not None:
-        with RaggedReader(clap_file) as r:
-            clap = {"spec": json.loads(r.attrs["spec"]), "pretrained": bool(r.attrs["pretrained"]), "weights_sha256": r.attrs["weights_sha256"]}
-    frontend = {"encoder_type": tokens_meta["encoder_type"], "encoder": tokens_meta["encoder"], "num_codebooks": n, "clap": clap}
-    (model_dir / FRONTEND_FILE).write_text(json.dumps(frontend, indent=2, sort_keys=True) + "\n")
-
-
-def read_frontend(model_dir: Path) -> dict[str, Any]:
-    path = Path(model_dir) / FRONTEND_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: {model_dir} was not written by the clapart train stage")
-    return json.loads(path.read_text())
-
 
 def _check_fingerprint(what: str, model: torch.nn.Module, expected: str) -> None:
     got = model_fingerprint(model)
@@ -117,9 +87,8 @@ class CaptionPipeline:
     device: str
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, device: str = "auto") -> "CaptionPipeline":
+    def from_model_dir(cls, model_dir: Path, device: str = "auto") -> CaptionPipeline:
         from clapart_core.encoders.clap import load_clap, random_clap
-        from clapart_core.captioner.generate import load_captioner
         from clapart_core.pipeline.params import resolve_device
 
         device = resolve_device(device)
@@ -136,8 +105,6 @@ class CaptionPipeline:
     def caption_files(self, paths: Sequence[Path], num_beams: int = 4, max_length: int = 50) -> list[str]:
         """Caption audio files (any format soundfile reads, any rate, any channel count)."""
         from clapart_core.corpus.audio import load_audio
-        from clapart_core.captioner.generate import caption_examples
-        from clapart_core.captioner.training import CaptionExample
 
         examples = []
         for path in paths:

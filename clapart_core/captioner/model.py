@@ -14,8 +14,8 @@ Encoder input, as in the official EnCLAP code (design.md, "The captioner")::
 
 Masked codec modelling (MCM) replaces spans of codes with the mask id, independently per codebook,
 and N heads ``Linear(d_model, K)`` on the final encoder states predict the original codes. The
-decoder is BART's, trained with label-smoothed cross-entropy; decoding is transformers' beam search
-on the wrapped ``BartForConditionalGeneration`` given our encoder's output.
+decoder is BART's, trained with label-smoothed cross-entropy; captions are generated with transformers'
+beam search on the wrapped ``BartForConditionalGeneration`` given our encoder's output.
 
 Shapes: B batch, T frames, N codebooks, K codebook size, E CLAP dim, D d_model, S encoder length
 (T + 2, plus 1 with CLAP), L caption length, V caption vocabulary.
@@ -228,7 +228,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
     Submodules:
         bart: the wrapped ``BartForConditionalGeneration``; its encoder *layers*, ``embed_positions``,
             ``layernorm_embedding`` and token embeddings are reused by [`encode`], its decoder and LM
-            head decode.
+            head generate the caption.
         code_embeddings: N tables ``[K + 2, D]``.
         clap_projection: ``Linear(E, D)``, absent when ``use_clap=False``.
         mcm_heads: N ``Linear(D, K)``.
@@ -468,7 +468,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             mcm_mask: ``[B, T, N]`` bool.
         """
         total = frame_hidden.new_zeros((), dtype=torch.float32)
-        for i, (head, weight) in enumerate(zip(self.mcm_heads, mcm_codebook_weights(self.config.num_codebooks))):
+        for i, (head, weight) in enumerate(zip(self.mcm_heads, mcm_codebook_weights(self.config.num_codebooks), strict=True)):
             selected = mcm_mask[..., i]
             if not bool(selected.any()):
                 continue
@@ -476,7 +476,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected])
         return total
 
-    # ------------------------------------------------------------------ decoding
+    # ------------------------------------------------------------------ generation
     def generation_config_for(
         self,
         num_beams: int = 4,
@@ -484,7 +484,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         max_length: int = 50,
         early_stopping: bool = True,
     ) -> GenerationConfig:
-        """The paper's decoding: beam search, no sampling, no reranking.
+        """The paper's generation settings: beam search, no sampling, no reranking.
 
         The remaining settings are the official EnCLAP inference config (BART's): ``<s>`` forced
         as the first generated token, ``</s>`` forced at ``max_length``, and ``early_stopping=True``

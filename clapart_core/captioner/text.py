@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -95,11 +95,7 @@ def train_caption_tokenizer(
         show_progress=False,
     )
 
-    def _iter() -> Iterator[str]:
-        for caption in captions:
-            yield caption
-
-    tokenizer.train_from_iterator(_iter(), trainer=trainer)
+    tokenizer.train_from_iterator((caption for caption in captions), trainer=trainer)
     tokenizer.add_special_tokens([MASK_TOKEN])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A {EOS_TOKEN}",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from clapart_core.pipeline.atomic import atomic_path, partial_path
 from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ FORMAT_VERSION = 1
 #: train keys that change neither the trajectory nor what is logged up to the checkpoint
 TRAJECTORY_FREE_KEYS = frozenset({"resume", "epochs", "checkpoint_every"})
 #: modules whose code defines the trajectory: an edit there invalidates a checkpoint
-_CODE_MODULES = ("training.py", "model.py", "text.py", "train_state.py")
+_CODE_MODULES = ("training.py", "data.py", "model.py", "text.py", "train_state.py")
 
 
 def _sha(data: bytes) -> str:
@@ -100,22 +100,18 @@ def fingerprint(
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, rename.
+    """Write ``state`` to ``path`` through ``<name>.partial`` (fsync, rename; see :mod:`clapart_core.pipeline.atomic`).
 
     A kill at any moment leaves either the previous complete checkpoint or the new one.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())  # the rename must not reach the disk before the data
-    os.replace(tmp, path)
 
 
 def remove_stale_temps(path: Path) -> None:
-    """Delete temp files a killed run left beside ``path`` (they are never read)."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+    """Delete the temp file a killed run left beside ``path`` (it is never read)."""
+    stale = partial_path(path)
+    if stale.exists():
         log.info("removing %s, left by an interrupted checkpoint write", stale)
         stale.unlink(missing_ok=True)
 

@@ -1,9 +1,15 @@
-"""Training the ART-token captioner: batching, optimiser, schedule, logging and atomic saving.
+"""Training the ART-token captioner: model and optimiser set-up, the training loop, resume.
 
 Recipe (EnCLAP, see design.md): every (clip, caption) pair is one example; each batch draws a
 random crop of at most ``max_frames`` frames per clip and a fresh MCM mask; the loss is the
 label-smoothed caption cross-entropy plus ``mcm_weight`` × the weighted MCM loss; AdamW with
 weight decay, gradient clipping, and an inverse-square-root schedule with linear warm-up.
+
+Reading order: :func:`train_captioner` -> :func:`_train` (the loop, top to bottom) and the small
+pieces it calls: :func:`_prepare` (seeds, model, tokenizer, optimiser -> a :class:`_Run`),
+:func:`_restore` (resume), :func:`_optimisation_step`, :func:`_close_window` (dvclive
+``train/*``), :func:`_validate_and_select` (``val/loss``, best epoch), :func:`_save_checkpoint`.
+What the loop changes lives in one :class:`LoopState`, which is what a checkpoint stores.
 
 Determinism: the shuffle, the crops and the MCM masks each use their own ``torch.Generator``
 seeded from ``seed``; weight initialisation and dropout use torch's global RNG, which
@@ -17,16 +23,15 @@ a matching one, to bitwise the same result as the uninterrupted run.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,101 +39,24 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from clapart_core.captioner import train_state
-from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, crop_frames, small_bart_config
+from clapart_core.captioner.data import CaptionExample, build_batch, tokenize_captions
+from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, small_bart_config
+from clapart_core.captioner.model_dir import load_captioner, save_captioner
+from clapart_core.captioner.text import load_caption_tokenizer, train_caption_tokenizer
 from clapart_core.pipeline.params import resolve_device
 from clapart_core.pipeline.storage import model_fingerprint
-from clapart_core.captioner.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
 #: default number of optimiser steps between two ``train/*`` dvclive points
 DEFAULT_LOG_EVERY = 10
+#: the losses averaged over a logging window, in the order they are logged
+LOSS_NAMES = ("loss", "caption_loss", "mcm_loss")
+
+Autocast = Callable[[], AbstractContextManager[Any]]
 
 
-@dataclass(frozen=True)
-class CaptionExample:
-    """One clip as the captioner sees it.
-
-    Attributes:
-        clip_id: unique clip id.
-        codes: ``[T, N]`` int codes, N codebooks per frame, values in ``[0, K)``.
-        clap: ``[E]`` float32 CLAP audio embedding (normalised by the model), or None.
-        captions: one or more reference captions; training uses each as a separate target.
-    """
-
-    clip_id: str
-    codes: np.ndarray
-    clap: np.ndarray | None
-    captions: tuple[str, ...]
-
-
-@dataclass
-class Batch:
-    """A padded model batch.
-
-    Attributes:
-        codes: ``[B, T, N]`` long (padding holds 0; ``frame_mask`` says what is real).
-        frame_mask: ``[B, T]`` bool, True = valid frame.
-        clap: ``[B, E]`` float32, or None when the model has no CLAP slot.
-        labels: ``[B, L]`` long caption ids ``<s> … </s>``, -100 at padding; None for decoding.
-    """
-
-    codes: torch.Tensor
-    frame_mask: torch.Tensor
-    clap: torch.Tensor | None
-    labels: torch.Tensor | None = None
-
-    def to(self, device: torch.device | str) -> Batch:
-        """The same batch on ``device``."""
-        return Batch(
-            codes=self.codes.to(device),
-            frame_mask=self.frame_mask.to(device),
-            clap=None if self.clap is None else self.clap.to(device),
-            labels=None if self.labels is None else self.labels.to(device),
-        )
-
-
-def build_batch(
-    examples: Sequence[CaptionExample],
-    *,
-    max_frames: int,
-    use_clap: bool,
-    crop_generator: torch.Generator | None,
-    caption_ids: Sequence[Sequence[int]] | None = None,
-) -> Batch:
-    """Pad examples into a [`Batch`].
-
-    Args:
-        examples: the clips.
-        max_frames: crop length; a random window when ``crop_generator`` is given (training),
-            the first frames otherwise (evaluation).
-        use_clap: whether to stack the CLAP embeddings (all examples must have one).
-        crop_generator: RNG for training crops, or None.
-        caption_ids: one tokenised caption (with ``<s>``/``</s>``) per example, or None.
-    """
-    clips = [crop_frames(torch.as_tensor(np.asarray(ex.codes), dtype=torch.long), max_frames, crop_generator) for ex in examples]
-    num_codebooks = clips[0].shape[1]
-    longest = max(max(clip.shape[0] for clip in clips), 1)
-    codes = torch.zeros(len(clips), longest, num_codebooks, dtype=torch.long)
-    frame_mask = torch.zeros(len(clips), longest, dtype=torch.bool)
-    for row, clip in enumerate(clips):
-        codes[row, : clip.shape[0]] = clip
-        frame_mask[row, : clip.shape[0]] = True
-
-    clap = None
-    if use_clap:
-        missing = [ex.clip_id for ex in examples if ex.clap is None]
-        if missing:
-            raise ValueError(f"use_clap=True but clips {missing[:3]} have no CLAP embedding")
-        clap = torch.as_tensor(np.stack([np.asarray(ex.clap, dtype=np.float32) for ex in examples]))
-
-    labels = None
-    if caption_ids is not None:
-        width = max(len(ids) for ids in caption_ids)
-        labels = torch.full((len(caption_ids), width), IGNORE_INDEX, dtype=torch.long)
-        for row, ids in enumerate(caption_ids):
-            labels[row, : len(ids)] = torch.as_tensor(list(ids), dtype=torch.long)
-    return Batch(codes=codes, frame_mask=frame_mask, clap=clap, labels=labels)
+# ---------------------------------------------------------------------------- building blocks
 
 
 def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
@@ -142,14 +70,6 @@ def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
     if warmup_steps <= 0:
         return 1.0 / math.sqrt(step)
     return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-
-def tokenize_captions(tokenizer: PreTrainedTokenizerBase, captions: Sequence[str], max_length: int) -> list[list[int]]:
-    """Normalise and tokenise captions to ``<s> … </s>`` id lists (truncated to ``max_length``)."""
-    encoded = tokenizer(
-        [normalize_caption(c) for c in captions], truncation=True, max_length=max_length, add_special_tokens=True
-    )
-    return [list(ids) for ids in encoded["input_ids"]]
 
 
 def make_tokenizer(model_params: dict, train: Sequence[CaptionExample]) -> PreTrainedTokenizerBase:
@@ -227,8 +147,6 @@ def load_for_finetuning(
         ValueError: the new tokens do not fit the model (other codebook count or size), or
             ``use_clap`` differs from the model's.
     """
-    from clapart_core.captioner.generate import load_captioner  # decoding imports this module's Batch
-
     model, tokenizer = load_captioner(model_dir)
     config = model.config
     if (config.num_codebooks, config.codebook_size) != (num_codebooks, int(model_params["codebook_size"])):
@@ -249,7 +167,7 @@ def load_for_finetuning(
 def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW; biases and LayerNorm weights are not decayed (the usual transformers convention)."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for _, param in model.named_parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim < 2 else decay).append(param)
@@ -265,7 +183,7 @@ def evaluate_loss(
     *,
     batch_size: int,
     device: torch.device,
-    autocast,
+    autocast: Autocast,
 ) -> float:
     """Mean caption loss (label-smoothed, no MCM, first-frames crop) over all (clip, caption) pairs."""
     was_training = model.training
@@ -289,52 +207,366 @@ def evaluate_loss(
     return total / max(count, 1)
 
 
-def _save_atomically(model: ClapArtForCaptioning, tokenizer, summary: dict, out_dir: Path) -> None:
-    """Write model + tokenizer + summary to a temp dir beside ``out_dir``, then rename it into place.
+# ---------------------------------------------------------------------------- the run's pieces
 
-    A crash leaves either the previous ``out_dir`` or the temp dir, never a half-written
-    ``out_dir``.
+
+@dataclass
+class _Run:
+    """What stays fixed during one training run (built once by :func:`_prepare`)."""
+
+    model: ClapArtForCaptioning
+    tokenizer: PreTrainedTokenizerBase
+    optimizer: torch.optim.AdamW
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    #: ``shuffle`` / ``crop`` / ``mcm``: one generator per random draw of the loop (this order is the checkpoint's)
+    generators: dict[str, torch.Generator]
+    device: torch.device
+    autocast: Autocast
+    train: Sequence[CaptionExample]
+    val: Sequence[CaptionExample]
+    #: caption ids per clip: ``train_ids[i][j]`` is caption ``j`` of clip ``i`` as ``<s> … </s>``
+    train_ids: list[list[list[int]]]
+    val_ids: list[list[list[int]]]
+    #: every (clip, caption) training pair; an epoch is one shuffled pass over them
+    pairs: list[tuple[int, int]]
+    epochs: int
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    grad_clip: float
+    log_every: int
+    checkpoint_every: int  # 0: checkpoints at epoch ends only
+    n_params: int
+    ckpt_path: Path | None  # None: no checkpoints
+    fingerprint: dict[str, str] | None  # what a checkpoint must match to be resumed
+
+
+def _empty_window() -> dict[str, float]:
+    return {"loss": 0.0, "caption_loss": 0.0, "mcm_loss": 0.0, "n": 0}
+
+
+@dataclass
+class LoopState:
+    """Everything the loop changes, besides model, optimiser, schedule and RNGs; a checkpoint stores it.
+
+    Position: the next batch to run is batch ``batch`` (0-based) of epoch ``epoch``, after ``step``
+    optimiser steps in all.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-    for stale in (tmp, old):
-        if stale.exists():
-            shutil.rmtree(stale)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    (tmp / "training_summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old.exists():
-        shutil.rmtree(old)
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    first_step_loss: float | None = None
+    #: sums of :data:`LOSS_NAMES` and their count ``n`` since the last ``train/*`` point
+    window: dict[str, float] = field(default_factory=_empty_window)
+    #: means of the last logged window (the summary's ``final_*`` losses)
+    last_window: dict[str, float] = field(default_factory=_empty_window)
+    val_losses: list[float] = field(default_factory=list)
+    best_val: float = math.inf
+    best_epoch: int = -1  # 1-based epoch of best_state
+    best_state: dict[str, torch.Tensor] | None = None  # CPU weights of the best validation epoch
+    seconds_before: float = 0.0  # training time of the runs this one continues
+    started: float = field(default_factory=time.perf_counter)  # perf_counter at this run's loop start
+
+    def elapsed(self) -> float:
+        """Training seconds, the runs this one continues included."""
+        return self.seconds_before + time.perf_counter() - self.started
 
 
-def _matching_checkpoint(path: Path, fingerprint: dict[str, str], total_steps: int) -> dict | None:
-    """The checkpoint at ``path`` if this run may continue it, else None (with one log line why).
+def _build_model(
+    train: Sequence[CaptionExample], model_params: dict, train_params: dict, init_from: Path | None
+) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase, str | None]:
+    """Model and caption tokenizer: the one to fine-tune, or a new one (draws from the global RNG).
+
+    Returns:
+        ``(model, tokenizer, init_digest)``; ``init_digest`` fingerprints the fine-tuned model's
+        starting weights (None for a new model).
+    """
+    use_clap = bool(model_params["use_clap"])
+    if use_clap and train[0].clap is None:
+        raise ValueError("model.use_clap is true but the training clips carry no CLAP embeddings")
+    num_codebooks = int(np.asarray(train[0].codes).shape[1])
+    if init_from is not None:
+        model, tokenizer = load_for_finetuning(Path(init_from), model_params, train_params, num_codebooks=num_codebooks)
+        return model, tokenizer, model_fingerprint(model)  # a resumed fine-tune must start from the same model
+    tokenizer = make_tokenizer(model_params, train)
+    clap_dim = int(np.asarray(train[0].clap).shape[0]) if use_clap else 512  # 512: unused without CLAP
+    model = build_captioner(model_params, train_params, vocab_size=len(tokenizer), num_codebooks=num_codebooks, clap_dim=clap_dim)
+    return model, tokenizer, None
+
+
+def _prepare(
+    train: Sequence[CaptionExample],
+    val: Sequence[CaptionExample],
+    model_params: dict,
+    train_params: dict,
+    seed: int,
+    threads: int,
+    checkpoint_dir: Path | None,
+    init_from: Path | None,
+) -> _Run:
+    """Seed the RNGs, build model, tokenizer, optimiser and schedule; fingerprint the run for resuming."""
+    device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
+    use_bf16 = bool(train_params.get("bf16", False)) and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    torch.manual_seed(seed)  # weight init and dropout (documented global side effect)
+    generators = {
+        "shuffle": torch.Generator().manual_seed(seed),
+        "crop": torch.Generator().manual_seed(seed + 1),
+        "mcm": torch.Generator().manual_seed(seed + 2),
+    }
+    model, tokenizer, init_digest = _build_model(train, model_params, train_params, init_from)
+    model = model.to(device)
+    model.train()
+    max_label = model.config.bart.max_position_embeddings
+    train_ids = [tokenize_captions(tokenizer, ex.captions, max_label) for ex in train]
+    val_ids = [tokenize_captions(tokenizer, ex.captions, max_label) for ex in val]
+    pairs = [(i, j) for i, ids in enumerate(train_ids) for j in range(len(ids))]
+
+    epochs, batch_size = int(train_params["epochs"]), int(train_params["batch_size"])
+    steps_per_epoch = math.ceil(len(pairs) / batch_size)
+    warmup = int(train_params["warmup_steps"])
+    optimizer = _optimizer(model, float(train_params["lr"]), float(train_params["weight_decay"]))
+    # LambdaLR evaluates the factor with the number of steps already taken (0 for the first).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: inverse_sqrt_factor(done + 1, warmup))
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "training captioner: %d params, %d clips / %d pairs, %d epochs x %d steps, device %s, %d threads",
+        n_params, len(train), len(pairs), epochs, steps_per_epoch, device, threads,
+    )
+
+    ckpt_path, fingerprint = None, None
+    if checkpoint_dir is not None:
+        ckpt_path = Path(checkpoint_dir) / train_state.CHECKPOINT_NAME
+        train_state.remove_stale_temps(ckpt_path)
+        fingerprint = train_state.fingerprint(
+            model_params=model_params if init_digest is None else {**model_params, "init_weights": init_digest},
+            train_params=train_params, seed=seed, train=train, val=val,
+            tokenizer=tokenizer, device=device, threads=threads,
+        )
+    return _Run(
+        model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, generators=generators,
+        device=device, autocast=autocast, train=train, val=val, train_ids=train_ids, val_ids=val_ids, pairs=pairs,
+        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
+        grad_clip=float(train_params["grad_clip"]), log_every=int(train_params.get("log_every") or DEFAULT_LOG_EVERY),
+        checkpoint_every=int(train_params.get("checkpoint_every") or 0), n_params=n_params,
+        ckpt_path=ckpt_path, fingerprint=fingerprint,
+    )
+
+
+def _checkpoint_to_resume(run: _Run, resume: bool) -> dict | None:
+    """The checkpoint this run continues, else None (with one log line why).
+
+    Continued: ``train.resume`` is set and ``last.pt`` was trained on the same inputs (fingerprint)
+    and is not past this run's last step.
 
     Raises:
         CheckpointError: the file is there but cannot be loaded with ``weights_only=True``.
     """
+    path = run.ckpt_path
+    if path is None:
+        return None
+    if not resume:
+        if path.is_file():
+            logger.info("train.resume is false: training from scratch (%s will be overwritten)", path)
+        return None
     if not path.is_file():
         logger.info("train.resume: no checkpoint at %s, training from scratch", path)
         return None
     state = train_state.load_checkpoint(path)
-    differ = train_state.fingerprint_mismatch(state["fingerprint"], fingerprint)
+    differ = train_state.fingerprint_mismatch(state["fingerprint"], run.fingerprint)
     if differ:
         logger.warning(
             "train.resume: %s was trained on different inputs (%s differ); training from scratch", path, ", ".join(differ)
         )
         return None
-    if state["step"] > total_steps:
+    if state["step"] > run.total_steps:
         logger.warning(
             "train.resume: %s is at step %d, past this run's %d steps (train.epochs lowered); training from scratch",
-            path, state["step"], total_steps,
+            path, state["step"], run.total_steps,
         )
         return None
     return state
+
+
+def _restore(run: _Run, ckpt: dict) -> LoopState:
+    """Put model, optimiser, schedule and RNGs back as ``ckpt`` saved them; return its loop state."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    # last: model construction drew from the global RNG, the checkpoint's state wins
+    train_state.restore_rng(ckpt["rng"], run.generators, run.device)
+    logger.info("resuming from %s: epoch %d, batch %d, step %d", run.ckpt_path, ckpt["epoch"] + 1, ckpt["batch"], ckpt["step"])
+    return LoopState(
+        epoch=ckpt["epoch"], batch=ckpt["batch"], step=ckpt["step"],
+        first_step_loss=ckpt["first_step_loss"], window=ckpt["window"], last_window=ckpt["last_window"],
+        val_losses=list(ckpt["val_losses"]),
+        best_val=ckpt["best_val"], best_epoch=ckpt["best_epoch"], best_state=ckpt["best_state"],
+        seconds_before=ckpt["seconds"],
+    )
+
+
+def _save_checkpoint(run: _Run, state: LoopState, shuffle_state: torch.Tensor) -> None:
+    """Write ``last.pt`` for the loop as it stands at ``state``'s position.
+
+    ``shuffle_state`` is the shuffle generator's state before the current epoch's permutation
+    was drawn, so that a resumed run draws the same order again.
+    """
+    rng = train_state.capture_rng(run.generators, run.device)
+    rng["shuffle"] = shuffle_state
+    train_state.save_checkpoint(
+        {
+            "fingerprint": run.fingerprint,
+            "epoch": state.epoch,
+            "batch": state.batch,
+            "step": state.step,
+            "model": train_state.cpu_state_dict(run.model),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "rng": rng,
+            "first_step_loss": state.first_step_loss,
+            "window": dict(state.window),
+            "last_window": dict(state.last_window),
+            "val_losses": list(state.val_losses),
+            "best_val": state.best_val,
+            "best_epoch": state.best_epoch,
+            "best_state": state.best_state,
+            "seconds": state.elapsed(),
+        },
+        run.ckpt_path,
+    )
+
+
+class _Curves:
+    """dvclive curves: ``train/*`` per logging window, ``val/loss`` and ``epoch`` per epoch.
+
+    Without a live dir every method does nothing (only the DVC stage logs curves; library users
+    need not have dvclive). Resuming keeps the curves logged up to the checkpoint's step and
+    drops later rows (a killed run logs them again); otherwise the folder is cleared.
+    """
+
+    def __init__(self, live_dir: Path | None, resumed_at: int | None, params: dict[str, Any]) -> None:
+        self.live = None
+        if live_dir is None:
+            return
+        from dvclive import Live
+
+        if resumed_at is not None:
+            train_state.truncate_live_metrics(Path(live_dir), resumed_at)
+        self.live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=resumed_at is not None)
+        self.live.log_params(params)
+
+    def log_train(self, step: int, means: dict[str, float], lr: float) -> None:
+        if self.live is not None:
+            self.live.step = step
+            for key, value in means.items():
+                self.live.log_metric(f"train/{key}", value)
+            self.live.log_metric("train/lr", lr)
+
+    def log_val(self, step: int, epoch: int, val_loss: float) -> None:
+        if self.live is not None:
+            self.live.step = step
+            self.live.log_metric("val/loss", val_loss)
+            self.live.log_metric("epoch", epoch, plot=False)
+
+    def end_epoch(self) -> None:
+        if self.live is not None:
+            self.live.make_summary()
+
+    def end(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _optimisation_step(run: _Run, chunk: Sequence[tuple[int, int]]) -> tuple[dict[str, float], float]:
+    """One AdamW step on the (clip, caption) pairs ``chunk``.
+
+    Draws the crops (``crop`` generator), the MCM mask (``mcm``) and dropout (global RNG), in
+    that order. Returns the step's :data:`LOSS_NAMES` and the learning rate it used.
+    """
+    model = run.model
+    batch = build_batch(
+        [run.train[i] for i, _ in chunk],
+        max_frames=model.config.max_frames,
+        use_clap=model.config.use_clap,
+        crop_generator=run.generators["crop"],
+        caption_ids=[run.train_ids[i][j] for i, j in chunk],
+    )
+    # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
+    mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, run.generators["mcm"])
+    batch = batch.to(run.device)
+    with run.autocast():
+        out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(run.device))
+    run.optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
+    lr_used = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    return {"loss": out.loss.item(), "caption_loss": out.caption_loss.item(), "mcm_loss": out.mcm_loss.item()}, lr_used
+
+
+def _add_to_window(state: LoopState, losses: dict[str, float]) -> None:
+    """Count one step's losses; a non-finite loss stops training."""
+    state.step += 1
+    if state.first_step_loss is None:
+        state.first_step_loss = losses["loss"]
+    if not math.isfinite(losses["loss"]):
+        raise FloatingPointError(f"non-finite training loss {losses['loss']} at step {state.step}")
+    for key in LOSS_NAMES:
+        state.window[key] += losses[key]
+    state.window["n"] += 1
+
+
+def _close_window(state: LoopState, curves: _Curves, lr: float) -> dict[str, float]:
+    """Log the window's mean losses (``train/*``) and start a new window; returns the means."""
+    means = {k: state.window[k] / state.window["n"] for k in LOSS_NAMES}
+    curves.log_train(state.step, means, lr)
+    state.last_window = {**means, "n": state.window["n"]}
+    state.window = _empty_window()
+    return means
+
+
+def _validate_and_select(run: _Run, state: LoopState, curves: _Curves, epoch: int) -> None:
+    """End of (1-based) ``epoch``: validation loss, and early selection of the best epoch's weights."""
+    if not run.val:
+        return
+    val_loss = evaluate_loss(run.model, run.val, run.val_ids, batch_size=run.batch_size, device=run.device, autocast=run.autocast)
+    state.val_losses.append(val_loss)
+    logger.info("epoch %d: val/loss %.4f", epoch, val_loss)
+    curves.log_val(state.step, epoch, val_loss)
+    # Early selection: keep the weights of the best validation epoch (on CPU).
+    if val_loss < state.best_val:
+        state.best_val, state.best_epoch = val_loss, epoch
+        state.best_state = train_state.cpu_state_dict(run.model)
+
+
+def _summary(run: _Run, state: LoopState, seconds: float, *, pretrained: bool, init_from: Path | None, seed: int, resumed_from: int) -> dict:
+    """``training_summary.json``: see :func:`train_captioner`'s return value."""
+    selected = state.best_state is not None
+    return {
+        "steps": state.step,
+        "epochs": run.epochs,
+        "first_step_loss": state.first_step_loss,
+        "final_loss": state.last_window.get("loss"),
+        "final_caption_loss": state.last_window.get("caption_loss"),
+        "final_mcm_loss": state.last_window.get("mcm_loss"),
+        "val_losses": state.val_losses,
+        "best_epoch": state.best_epoch if selected else run.epochs,
+        "best_val_loss": state.best_val if selected else None,
+        "seconds_per_step": seconds / max(state.step, 1),
+        "n_parameters": run.n_params,
+        "n_train_pairs": len(run.pairs),
+        "vocab_size": len(run.tokenizer),
+        "device": str(run.device),
+        "pretrained": pretrained,
+        "init_from": None if init_from is None else str(init_from),
+        "seed": seed,
+        "resumed_from_step": resumed_from,
+    }
+
+
+# ---------------------------------------------------------------------------- entry point
 
 
 def train_captioner(
@@ -403,223 +635,51 @@ def _train(
     checkpoint_dir: Path | None,
     init_from: Path | None = None,
 ) -> dict:
-    """The body of [`train_captioner`], run with the requested thread count."""
-    device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
-    use_bf16 = bool(train_params.get("bf16", False)) and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
-    torch.manual_seed(seed)  # weight init and dropout (documented global side effect)
-    shuffle_gen = torch.Generator().manual_seed(seed)
-    crop_gen = torch.Generator().manual_seed(seed + 1)
-    mcm_gen = torch.Generator().manual_seed(seed + 2)
-
-    use_clap = bool(model_params["use_clap"])
-    if use_clap and train[0].clap is None:
-        raise ValueError("model.use_clap is true but the training clips carry no CLAP embeddings")
-    num_codebooks = int(np.asarray(train[0].codes).shape[1])
-    init_digest = None
-    if init_from is not None:
-        model, tokenizer = load_for_finetuning(Path(init_from), model_params, train_params, num_codebooks=num_codebooks)
-        init_digest = model_fingerprint(model)  # a resumed fine-tune must start from the same model
-    else:
-        tokenizer = make_tokenizer(model_params, train)
-        clap_dim = int(np.asarray(train[0].clap).shape[0]) if use_clap else 512  # 512: unused without CLAP
-        model = build_captioner(model_params, train_params, vocab_size=len(tokenizer), num_codebooks=num_codebooks, clap_dim=clap_dim)
-    model = model.to(device)
-    model.train()
-    max_label = model.config.bart.max_position_embeddings
-    train_ids = [tokenize_captions(tokenizer, ex.captions, max_label) for ex in train]
-    val_ids = [tokenize_captions(tokenizer, ex.captions, max_label) for ex in val]
-    pairs = [(i, j) for i, ids in enumerate(train_ids) for j in range(len(ids))]
-
-    epochs = int(train_params["epochs"])
-    batch_size = int(train_params["batch_size"])
-    steps_per_epoch = math.ceil(len(pairs) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup = int(train_params["warmup_steps"])
-    grad_clip = float(train_params["grad_clip"])
-    log_every = int(train_params.get("log_every") or DEFAULT_LOG_EVERY)
-    optimizer = _optimizer(model, float(train_params["lr"]), float(train_params["weight_decay"]))
-    # LambdaLR evaluates the factor with the number of steps already taken (0 for the first).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: inverse_sqrt_factor(done + 1, warmup))
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info(
-        "training captioner: %d params, %d clips / %d pairs, %d epochs x %d steps, device %s, %d threads",
-        n_params, len(train), len(pairs), epochs, steps_per_epoch, device, threads,
+    """The body of [`train_captioner`], run with the requested thread count: the loop, top to bottom."""
+    run = _prepare(train, val, model_params, train_params, seed, threads, checkpoint_dir, init_from)
+    ckpt = _checkpoint_to_resume(run, bool(train_params.get("resume")))
+    state = _restore(run, ckpt) if ckpt is not None else LoopState()
+    resumed_from, start_epoch, start_batch = state.step, state.epoch, state.batch
+    curves = _Curves(
+        live_dir,
+        resumed_at=state.step if ckpt is not None else None,
+        params={"n_parameters": run.n_params, "n_train_pairs": len(run.pairs), "device": str(run.device)},
     )
 
-    ckpt_path = Path(checkpoint_dir) / train_state.CHECKPOINT_NAME if checkpoint_dir is not None else None
-    fingerprint = None
-    resumed = None
-    if ckpt_path is not None:
-        train_state.remove_stale_temps(ckpt_path)
-        fingerprint = train_state.fingerprint(
-            model_params=model_params if init_digest is None else {**model_params, "init_weights": init_digest},
-            train_params=train_params, seed=seed, train=train, val=val,
-            tokenizer=tokenizer, device=device, threads=threads,
-        )
-        if train_params.get("resume"):
-            resumed = _matching_checkpoint(ckpt_path, fingerprint, total_steps)
-        elif ckpt_path.is_file():
-            logger.info("train.resume is false: training from scratch (%s will be overwritten)", ckpt_path)
-    generators = {"shuffle": shuffle_gen, "crop": crop_gen, "mcm": mcm_gen}
-
-    step, start_epoch, start_batch = 0, 0, 0
-    first_step_loss: float | None = None
-    window = {"loss": 0.0, "caption_loss": 0.0, "mcm_loss": 0.0, "n": 0}
-    last_window = dict(window)
-    val_losses: list[float] = []
-    best_val, best_epoch, best_state = math.inf, -1, None
-    seconds_before = 0.0  # training time of the runs this one continues
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        # last: model construction above drew from the global RNG, the checkpoint's state wins
-        train_state.restore_rng(resumed["rng"], generators, device)
-        step, start_epoch, start_batch = resumed["step"], resumed["epoch"], resumed["batch"]
-        first_step_loss, window, last_window = resumed["first_step_loss"], resumed["window"], resumed["last_window"]
-        val_losses = list(resumed["val_losses"])
-        best_val, best_epoch, best_state = resumed["best_val"], resumed["best_epoch"], resumed["best_state"]
-        seconds_before = resumed["seconds"]
-        logger.info("resuming from %s: epoch %d, batch %d, step %d", ckpt_path, start_epoch + 1, start_batch, step)
-    resumed_from = step
-
-    live = None
-    if live_dir is not None:
-        from dvclive import Live  # only the DVC stage logs curves; library users need not have dvclive
-
-        if resumed is not None:
-            train_state.truncate_live_metrics(Path(live_dir), step)
-        # resume=True keeps the curves logged up to the checkpoint; otherwise the folder is cleared
-        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=None, resume=resumed is not None)
-        live.log_params({"n_parameters": n_params, "n_train_pairs": len(pairs), "device": str(device)})
-
-    def save_checkpoint(epoch_done: int, batch_done: int, shuffle_state: torch.Tensor) -> None:
-        """Checkpoint the loop as it stands after ``batch_done`` batches of epoch ``epoch_done``."""
-        rng = train_state.capture_rng(generators, device)
-        rng["shuffle"] = shuffle_state  # regenerates the order of the epoch being resumed
-        train_state.save_checkpoint(
-            {
-                "fingerprint": fingerprint,
-                "epoch": epoch_done,
-                "batch": batch_done,
-                "step": step,
-                "model": train_state.cpu_state_dict(model),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng,
-                "first_step_loss": first_step_loss,
-                "window": dict(window),
-                "last_window": dict(last_window),
-                "val_losses": list(val_losses),
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "best_state": best_state,
-                "seconds": seconds_before + time.perf_counter() - started,
-            },
-            ckpt_path,
-        )
-
-    checkpoint_every = int(train_params.get("checkpoint_every") or 0)
-    started = time.perf_counter()
-    progress = tqdm(total=total_steps, initial=step, desc="train captioner", unit="step")
-    for epoch in range(start_epoch, epochs):
-        epoch_shuffle_state = shuffle_gen.get_state()
-        order = torch.randperm(len(pairs), generator=shuffle_gen).tolist()
-        for batch_index, start in enumerate(range(0, len(order), batch_size)):
+    shuffle = run.generators["shuffle"]
+    state.started = time.perf_counter()
+    progress = tqdm(total=run.total_steps, initial=state.step, desc="train captioner", unit="step")
+    for epoch in range(start_epoch, run.epochs):
+        epoch_shuffle_state = shuffle.get_state()
+        order = torch.randperm(len(run.pairs), generator=shuffle).tolist()
+        for batch_index, start in enumerate(range(0, len(order), run.batch_size)):
             if epoch == start_epoch and batch_index < start_batch:
                 continue  # done before the checkpoint; its crops and masks are in the restored RNGs
-            chunk = [pairs[k] for k in order[start : start + batch_size]]
-            batch = build_batch(
-                [train[i] for i, _ in chunk],
-                max_frames=model.config.max_frames,
-                use_clap=use_clap,
-                crop_generator=crop_gen,
-                caption_ids=[train_ids[i][j] for i, j in chunk],
-            )
-            # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
-            mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, mcm_gen)
-            batch = batch.to(device)
-            with autocast():
-                out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            lr_used = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-
-            loss = out.loss.item()
-            if first_step_loss is None:
-                first_step_loss = loss
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"non-finite training loss {loss} at step {step}")
-            window["loss"] += loss
-            window["caption_loss"] += out.caption_loss.item()
-            window["mcm_loss"] += out.mcm_loss.item()
-            window["n"] += 1
+            losses, lr = _optimisation_step(run, [run.pairs[k] for k in order[start : start + run.batch_size]])
+            state.batch = batch_index + 1
+            _add_to_window(state, losses)
             progress.update(1)
-            if window["n"] == log_every or step == total_steps:
-                means = {k: window[k] / window["n"] for k in ("loss", "caption_loss", "mcm_loss")}
+            if state.window["n"] == run.log_every or state.step == run.total_steps:
+                means = _close_window(state, curves, lr)
                 progress.set_postfix(loss=f"{means['loss']:.3f}", epoch=epoch + 1)
-                if live is not None:
-                    live.step = step
-                    for key, value in means.items():
-                        live.log_metric(f"train/{key}", value)
-                    live.log_metric("train/lr", lr_used)
-                last_window = {**means, "n": window["n"]}
-                window = {"loss": 0.0, "caption_loss": 0.0, "mcm_loss": 0.0, "n": 0}
-            if ckpt_path is not None and checkpoint_every and step % checkpoint_every == 0 and batch_index + 1 < steps_per_epoch:
-                save_checkpoint(epoch, batch_index + 1, epoch_shuffle_state)
-
-        if val:
-            val_loss = evaluate_loss(
-                model, val, val_ids, batch_size=batch_size, device=device, autocast=autocast
-            )
-            val_losses.append(val_loss)
-            logger.info("epoch %d: val/loss %.4f", epoch + 1, val_loss)
-            if live is not None:
-                live.step = step
-                live.log_metric("val/loss", val_loss)
-                live.log_metric("epoch", epoch + 1, plot=False)
-            # Early selection: keep the weights of the best validation epoch (on CPU).
-            if val_loss < best_val:
-                best_val, best_epoch = val_loss, epoch + 1
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if live is not None:
-            live.make_summary()
-        if ckpt_path is not None:
-            save_checkpoint(epoch + 1, 0, shuffle_gen.get_state())
+            mid_epoch = state.batch < run.steps_per_epoch
+            if run.ckpt_path is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0 and mid_epoch:
+                _save_checkpoint(run, state, epoch_shuffle_state)
+        _validate_and_select(run, state, curves, epoch + 1)
+        curves.end_epoch()
+        state.epoch, state.batch = epoch + 1, 0
+        if run.ckpt_path is not None:
+            _save_checkpoint(run, state, shuffle.get_state())
     progress.close()
-    elapsed = seconds_before + time.perf_counter() - started
+    seconds = state.elapsed()
 
-    if best_state is not None and best_epoch != epochs:
-        logger.info("restoring the best validation epoch %d (val/loss %.4f)", best_epoch, best_val)
-        model.load_state_dict(best_state)
-    model.eval()
-    summary = {
-        "steps": step,
-        "epochs": epochs,
-        "first_step_loss": first_step_loss,
-        "final_loss": last_window.get("loss"),
-        "final_caption_loss": last_window.get("caption_loss"),
-        "final_mcm_loss": last_window.get("mcm_loss"),
-        "val_losses": val_losses,
-        "best_epoch": best_epoch if best_state is not None else epochs,
-        "best_val_loss": best_val if best_state is not None else None,
-        "seconds_per_step": elapsed / max(step, 1),
-        "n_parameters": n_params,
-        "n_train_pairs": len(pairs),
-        "vocab_size": len(tokenizer),
-        "device": str(device),
-        "pretrained": bool(model_params.get("pretrained")) or init_from is not None,
-        "init_from": None if init_from is None else str(init_from),
-        "seed": seed,
-        "resumed_from_step": resumed_from,
-    }
-    _save_atomically(model.to("cpu"), tokenizer, summary, Path(out_dir))
-    if live is not None:
-        live.end()
-    logger.info("saved captioner to %s (%d steps, %.3f s/step)", out_dir, step, summary["seconds_per_step"])
+    if state.best_state is not None and state.best_epoch != run.epochs:
+        logger.info("restoring the best validation epoch %d (val/loss %.4f)", state.best_epoch, state.best_val)
+        run.model.load_state_dict(state.best_state)
+    run.model.eval()
+    pretrained = bool(model_params.get("pretrained")) or init_from is not None
+    summary = _summary(run, state, seconds, pretrained=pretrained, init_from=init_from, seed=seed, resumed_from=resumed_from)
+    save_captioner(run.model.to("cpu"), run.tokenizer, summary, Path(out_dir))
+    curves.end()
+    logger.info("saved captioner to %s (%d steps, %.3f s/step)", out_dir, state.step, summary["seconds_per_step"])
     return summary

@@ -1,0 +1,104 @@
+"""The trained-model folder (``data/model``): the one module that writes and reads it.
+
+Layout (HF ``save_pretrained`` plus what captioning raw audio needs)::
+
+    config.json, model.safetensors      the captioner (ClapArtForCaptioning)
+    tokenizer.json, tokenizer_config.json   its caption tokenizer
+    training_summary.json               what train_captioner reports (losses, steps, pretrained, …)
+    frontend.json                       the token front end: which encoder / CLAP weights, as a
+                                        checkpoint path or a random-init spec + seed, with their
+                                        weight fingerprints
+    rvq.npz                             the codebooks the tokens were made with (BEATs + RVQ only)
+
+:func:`save_captioner` writes the first three parts as one folder swap (a killed run leaves the
+previous folder or none); the train stage then adds the front end with :func:`write_frontend`.
+Weights are read from safetensors only, so loading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from clapart_core.captioner.model import ClapArtForCaptioning
+from clapart_core.captioner.text import load_caption_tokenizer
+from clapart_core.pipeline.atomic import atomic_dir, write_text
+from clapart_core.pipeline.storage import RaggedReader
+from clapart_core.tokens.rvq import load_codebooks, save_codebooks
+
+SUMMARY_FILE = "training_summary.json"
+FRONTEND_FILE = "frontend.json"
+CODEBOOKS_FILE = "rvq.npz"
+#: files a model folder must hold for :func:`load_captioner`
+REQUIRED_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def _json_text(data: dict[str, Any]) -> str:
+    # sorted keys and a final newline: the same content always gives the same bytes for DVC
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def save_captioner(model: ClapArtForCaptioning, tokenizer: PreTrainedTokenizerBase, summary: dict[str, Any], out_dir: Path) -> None:
+    """Replace ``out_dir`` with model + tokenizer + ``training_summary.json``, all at once."""
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / SUMMARY_FILE).write_text(_json_text(summary))
+
+
+def load_captioner(model_dir: Path) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
+    """Load a captioner and its tokenizer saved by :func:`save_captioner` (eval mode, CPU).
+
+    Raises:
+        FileNotFoundError: ``model_dir`` lacks one of :data:`REQUIRED_MODEL_FILES`.
+    """
+    model_dir = Path(model_dir)
+    missing = [name for name in REQUIRED_MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{model_dir} is not a trained captioner directory (missing {', '.join(missing)}); run the train stage first."
+        )
+    model = ClapArtForCaptioning.from_pretrained(str(model_dir))
+    model.eval()
+    tokenizer = load_caption_tokenizer(model_dir)
+    return model, tokenizer
+
+
+def read_summary(model_dir: Path) -> dict[str, Any]:
+    """``training_summary.json`` as written by training (see ``train_captioner``'s return value)."""
+    path = Path(model_dir) / SUMMARY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {model_dir} was not written by the clapart train stage")
+    return json.loads(path.read_text())
+
+
+def write_frontend(model_dir: Path, tokens_meta: dict[str, Any], codebooks_file: Path, clap_file: Path | None) -> None:
+    """Record the token front end next to a trained captioner (``frontend.json``, ``rvq.npz``).
+
+    Args:
+        model_dir: the trained model directory.
+        tokens_meta: metadata of the token files the model was trained on.
+        codebooks_file: the full ``rvq.npz``; its first ``num_codebooks`` layers are copied.
+        clap_file: a CLAP embeddings file (its attrs name the CLAP model), or None without CLAP.
+    """
+    n = int(tokens_meta["num_codebooks"])
+    if tokens_meta["encoder_type"] == "beats_rvq":
+        codebooks, fit = load_codebooks(codebooks_file)
+        save_codebooks(Path(model_dir) / CODEBOOKS_FILE, codebooks[:n], **fit)
+    clap = None
+    if clap_file is not None:
+        with RaggedReader(clap_file) as r:
+            clap = {"spec": json.loads(r.attrs["spec"]), "pretrained": bool(r.attrs["pretrained"]), "weights_sha256": r.attrs["weights_sha256"]}
+    frontend = {"encoder_type": tokens_meta["encoder_type"], "encoder": tokens_meta["encoder"], "num_codebooks": n, "clap": clap}
+    write_text(Path(model_dir) / FRONTEND_FILE, _json_text(frontend))
+
+
+def read_frontend(model_dir: Path) -> dict[str, Any]:
+    """``frontend.json``: ``encoder_type``, ``encoder`` (spec, pretrained, weights_sha256), ``num_codebooks``, ``clap`` (or None)."""
+    path = Path(model_dir) / FRONTEND_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {model_dir} was not written by the clapart train stage")
+    return json.loads(path.read_text())
