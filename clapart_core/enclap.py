@@ -429,11 +429,13 @@ def _load_tokenizer(name_or_path: str, vocab_size: int) -> Any:
         tokenizer = load_caption_tokenizer(name_or_path)
     except FileNotFoundError as err:
         if Path(name_or_path).exists():
-            raise ModelNotFoundError(f"caption tokenizer directory {name_or_path} holds no loadable tokenizer ({err})") from None
+            raise ModelNotFoundError(
+                f"caption tokenizer directory {name_or_path} holds no loadable tokenizer (tokenizer.json, or BART's vocab.json and merges.txt)."
+            ) from err
         raise ModelNotFoundError(
             f"caption tokenizer {name_or_path!r} is not available here (offline or not a tokenizer directory): "
-            f"on a machine with internet run `hf download {name_or_path}`, or pass --tokenizer DIR holding its tokenizer.json"
-        ) from None
+            f"on a machine with internet run `hf download {name_or_path}`, or pass --tokenizer DIR holding its tokenizer.json."
+        ) from err
     if len(tokenizer) > vocab_size:
         raise ValueError(
             f"caption tokenizer {name_or_path!r} has {len(tokenizer)} tokens but the checkpoint's vocabulary has {vocab_size}; "
