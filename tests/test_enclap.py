@@ -32,6 +32,7 @@ from clapart_core.checkpoints import CheckpointError
 from clapart_core.cli import app
 from clapart_core.codecs import RANDOM_ENCODEC_DEFAULTS
 from clapart_core.enclap import (
+    clapart_config_from_enclap,
     import_enclap,
     inputs_from_enclap,
     load_enclap,
@@ -124,6 +125,21 @@ def test_config_maps_enclap_fields(model: ClapArtForCaptioning) -> None:
     assert (bart.vocab_size, bart.d_model, bart.encoder_layers, bart.decoder_layers) == (V, 32, 2, 2)
     assert (bart.pad_token_id, bart.bos_token_id, bart.eos_token_id, bart.decoder_start_token_id) == (1, 0, 2, 2)
     assert not model.training
+
+
+def test_config_keys_of_bart_base_convert_and_survive_saving(tmp_path: Path) -> None:
+    """EnCLAP's published configs start from facebook/bart-base's, with its legacy and generation keys."""
+    enclap = json.loads((CHECKPOINT / "config.json").read_text())
+    enclap |= {
+        "_name_or_path": "facebook/bart-base", "add_bias_logits": False, "add_final_layer_norm": False,
+        "classif_dropout": 0.1, "early_stopping": True, "no_repeat_ngram_size": 3, "normalize_before": False,
+        "normalize_embedding": True, "num_beams": 4, "task_specific_params": {"summarization": {"max_length": 128}},
+    }
+    config = clapart_config_from_enclap(enclap)
+    assert (config.bart.d_model, config.bart.vocab_size, config.codebook_size) == (32, V, K)
+    ClapArtForCaptioning(config).save_pretrained(str(tmp_path))
+    reloaded = ClapArtForCaptioning.from_pretrained(str(tmp_path)).config
+    assert reloaded.normalize_clap is False and reloaded.max_frames == 37
 
 
 def test_code_tables_keep_codes_and_pad_and_copy_pad_into_mask_row(model: ClapArtForCaptioning) -> None:
