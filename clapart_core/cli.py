@@ -68,6 +68,53 @@ def caption(
         typer.echo(f"{path}\t{text}")
 
 
+def _model_or_spec(value: str, option: str) -> str | dict:
+    """A hub id / directory as given, or a ``{"random": ..., "seed": ...}`` JSON spec as a dict."""
+    if not value.lstrip().startswith("{"):
+        return value
+    try:
+        spec = json.loads(value)
+    except json.JSONDecodeError as err:
+        raise typer.BadParameter(f"{option} looks like a JSON spec but is not valid JSON ({err})") from None
+    if not isinstance(spec, dict) or "seed" not in spec:
+        raise typer.BadParameter(f'{option} JSON spec must be an object like {{"random": {{...}}, "seed": 0}}')
+    return spec
+
+
+@app.command("import-enclap")
+def import_enclap(
+    src: Annotated[Path, typer.Argument(help="EnCLAP checkpoint directory (config.json + pytorch_model.bin or model.safetensors).")],
+    out: Annotated[Path, typer.Argument(help="clapart model directory to write (usable by `clapart caption` and the score stage).")],
+    tokenizer: Annotated[str, typer.Option(help="Caption tokenizer: hub id or directory (EnCLAP's is BART's).")] = "facebook/bart-base",
+    encodec: Annotated[
+        str, typer.Option(help='EnCodec model: hub id or directory, or a JSON spec {"random": {...}, "seed": N} (tests).')
+    ] = "facebook/encodec_24khz",
+    clap: Annotated[
+        str,
+        typer.Option(help='CLAP model: hub id or directory, or a JSON spec {"random": {...}, "seed": N} (tests).'),
+    ] = "laion/clap-htsat-fused",
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Import an EnCLAP checkpoint as a clapart model directory (EnCodec front end at EnCLAP's bandwidth)."""
+    from clapart_core.pipeline.checkpoints import CheckpointError
+    from clapart_core.encoders.clap import ModelNotFoundError
+    from clapart_core.captioner.enclap_import import import_enclap as run_import
+
+    try:
+        summary = run_import(
+            src,
+            out,
+            tokenizer=tokenizer,
+            encodec=_model_or_spec(encodec, "--encodec"),
+            clap=_model_or_spec(clap, "--clap"),
+            force=force,
+        )
+    except (CheckpointError, ModelNotFoundError, ValueError, FileExistsError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"{src} -> {out} ({summary['n_parameters']} parameters, EnCodec front end, tokenizer {tokenizer})")
+
+
 @app.command()
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="CSV with file_name, caption_predicted.")],

@@ -97,7 +97,8 @@ class CaptionPipeline:
         clap = None
         if front["clap"] is not None:
             cspec = front["clap"]["spec"]
-            clap = load_clap(cspec["checkpoint"], device) if cspec["checkpoint"] else random_clap(seed=cspec["seed"])
+            # "random" (overrides of the small random CLAP) is only set by import-enclap's test specs
+            clap = load_clap(cspec["checkpoint"], device) if cspec["checkpoint"] else random_clap(cspec.get("random"), seed=cspec["seed"])
             _check_fingerprint("clap", clap.model, front["clap"]["weights_sha256"])
         model, tokenizer = load_captioner(Path(model_dir))
         return cls(frontend, clap, model.to(device), tokenizer, device)

@@ -8,8 +8,9 @@ Encoder input, as in the official EnCLAP code (design.md, "The captioner")::
 
 * each frame embedding is the **sum over the N codebooks** of one ``nn.Embedding(K + 2, d_model)``
   per codebook (rows ``K`` = pad, ``K + 1`` = mask; no vocabulary offsets);
-* the CLAP slot is ``Linear(E, d_model)`` of the L2-normalised CLAP audio embedding and gets no
-  position embedding; ``use_clap=False`` removes the slot (the sequence is one shorter);
+* the CLAP slot is ``Linear(E, d_model)`` of the L2-normalised CLAP audio embedding (as given,
+  with ``normalize_clap=False``, as EnCLAP's model does) and gets no position embedding;
+  ``use_clap=False`` removes the slot (the sequence is one shorter);
 * ``<s>``/``</s>`` use BART's own token embeddings, so a pretrained BART keeps its meaning for them.
 
 Masked codec modelling (MCM) replaces spans of codes with the mask id, independently per codebook,
@@ -57,6 +58,9 @@ class ClapArtConfig(PreTrainedConfig):
         codebook_size: K, codes per codebook; embedding rows K and K+1 are pad and mask.
         clap_dim: E, CLAP embedding size (512 for LAION CLAP).
         use_clap: prepend the CLAP slot (False: the paper's Table 2 ablation).
+        normalize_clap: L2-normalise the CLAP embedding before the projection (True, clapart's
+            default); False feeds it as given, as EnCLAP's model does (checkpoints imported with
+            [`ClapArtForCaptioning.from_enclap`] use False; both see unit-norm embeddings).
         max_frames: encoder crop; ``max_frames + 2`` must fit BART's ``max_position_embeddings``.
         mcm_prob: expected fraction of frames covered by mask spans, per codebook (see
             [`sample_mcm_mask`]).
@@ -73,6 +77,7 @@ class ClapArtConfig(PreTrainedConfig):
     codebook_size: int = 1024
     clap_dim: int = 512
     use_clap: bool = True
+    normalize_clap: bool = True
     max_frames: int = 1020
     mcm_prob: float = 0.15
     mcm_span: int = 10
@@ -291,6 +296,17 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         logger.info("captioner built from pretrained BART %s", bart_name_or_path)
         return model
 
+    @classmethod
+    def from_enclap(cls, path: str | Path) -> "ClapArtForCaptioning":
+        """Load an EnCLAP checkpoint directory (``config.json`` + ``pytorch_model.bin`` or
+        ``model.safetensors``) as a captioner in eval mode whose outputs match EnCLAP's.
+
+        See [`clapart_core.captioner.enclap.load_enclap`] for the conversion and what it refuses.
+        """
+        from clapart_core.captioner.enclap import load_enclap
+
+        return load_enclap(path, cls)
+
     # ------------------------------------------------------------------ encoder
     @property
     def frame_offset(self) -> int:
@@ -316,7 +332,8 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             codes: ``[B, T, N]`` long; values in ``[0, K)``, or the mask id ``K + 1`` for MCM.
                 Frames beyond ``max_frames`` are dropped (evaluation crop: the first frames).
             frame_mask: ``[B, T]`` bool, True = valid, right-padded; None = all valid.
-            clap: ``[B, E]`` CLAP embeddings (normalised here); required iff ``use_clap``.
+            clap: ``[B, E]`` CLAP embeddings (normalised here unless ``normalize_clap=False``);
+                required iff ``use_clap``.
 
         Returns:
             hidden ``[B, S, D]`` and the encoder attention mask ``[B, S]`` bool.
@@ -353,8 +370,10 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         if config.use_clap:
             if clap is None:
                 raise ValueError("this captioner was configured with use_clap=True but got clap=None")
-            clap_unit = F.normalize(clap.to(embeds.dtype), dim=-1)  # [B, E]
-            clap_slot = self.clap_projection(clap_unit)[:, None, :]  # [B, 1, D], no position
+            clap_in = clap.to(embeds.dtype)  # [B, E]
+            if config.normalize_clap:
+                clap_in = F.normalize(clap_in, dim=-1)
+            clap_slot = self.clap_projection(clap_in)[:, None, :]  # [B, 1, D], no position
             embeds = torch.cat([clap_slot, embeds], dim=1)
             attention_mask = F.pad(attention_mask, (1, 0), value=True)
 

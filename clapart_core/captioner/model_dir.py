@@ -41,12 +41,21 @@ def _json_text(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def save_captioner(model: ClapArtForCaptioning, tokenizer: PreTrainedTokenizerBase, summary: dict[str, Any], out_dir: Path) -> None:
-    """Replace ``out_dir`` with model + tokenizer + ``training_summary.json``, all at once."""
+def save_captioner(
+    model: ClapArtForCaptioning,
+    tokenizer: PreTrainedTokenizerBase,
+    summary: dict[str, Any],
+    out_dir: Path,
+    frontend: dict[str, Any] | None = None,
+) -> None:
+    """Replace ``out_dir`` with model + tokenizer + ``training_summary.json`` (+ ``frontend.json``
+    when given, as an import writes it; training records it with :func:`write_frontend`), all at once."""
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / SUMMARY_FILE).write_text(_json_text(summary))
+        if frontend is not None:
+            (tmp / FRONTEND_FILE).write_text(_json_text(frontend))
 
 
 def load_captioner(model_dir: Path) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
