@@ -135,15 +135,14 @@ def preflight(params: dict[str, Any]) -> list[str]:
 
 def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
     """A ``finetune.NAME`` entry must be a valid overlay whose corpus root exists (or is downloaded)."""
-    from clapart_core.corpus.datasets import SUPPORTED_SOURCES
-    from clapart_core.pipeline.params import phase_params
+    from clapart_core.pipeline.params import DATA_SOURCES, phase_params
 
     try:
         data = phase_params(params, phase)["data"]
     except ValueError as err:
         raise PreflightError(str(err)) from None
     where = f"params.yaml: finetune.{phase}.data"
-    if data["source"] not in SUPPORTED_SOURCES:
-        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(SUPPORTED_SOURCES)}")
+    if data["source"] not in DATA_SOURCES:
+        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(DATA_SOURCES)}")
     if data["source"] != "demo" and not data.get("download") and not Path(data["root"]).is_dir():
         raise PreflightError(f"{where}.root = {data['root']!r} is not a folder (set download: true to fetch {data['source']})")

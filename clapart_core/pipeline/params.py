@@ -18,6 +18,10 @@ import yaml
 #: model being fine-tuned, so nothing else can change.
 FINETUNE_SECTIONS = ("data", "train")
 
+#: the corpus readers of ``data.source`` (clapart_core/corpus/datasets.py); here so that the
+#: configure stage's preflight can check a setting without importing the corpus code
+DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
+
 
 def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     """Parse ``params.yaml`` into nested dicts (``yaml.safe_load``: no object construction)."""
