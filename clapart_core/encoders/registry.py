@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from clapart_core.tokens.rvq import ResidualVQ
+# ``rvq`` below is a clapart_core.tokens.rvq.ResidualVQ, typed Any: importing that module, even for
+# type checking only, would make the features stage depend on the k-means code.
 
 __all__ = ["CLAP_SAMPLE_RATE", "TOKEN_TYPES", "Encoder", "TokenType", "encoder_from_spec", "encoder_record", "token_metadata", "token_type"]
 
@@ -102,7 +103,7 @@ class TokenType:
         """One split: decoded audio -> ``out`` (:attr:`suffix`); returns the number of clips."""
         raise NotImplementedError
 
-    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: ResidualVQ | None) -> np.ndarray:
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
         """One clip -> ``[T, N]`` int16 codes (see :meth:`Encoder.codes`)."""
         raise NotImplementedError
 
@@ -154,7 +155,7 @@ class Encoder:
         run = {"batch_size": batch_size, "bf16": bf16, "work_dir": work_dir, "keep_shards": keep_shards}
         return self.kind.extract(self, Path(audio_h5), Path(out), **run, extra=extra or {})
 
-    def codes(self, wave: np.ndarray, rvq: ResidualVQ | None = None) -> np.ndarray:
+    def codes(self, wave: np.ndarray, rvq: Any = None) -> np.ndarray:
         """One clip ``[S]`` float32 in [-1, 1] at :attr:`TokenType.sample_rate` -> codes ``[T, N]``
         int16, as the features (+ tokenize) stages make them. ``rvq``: the codebooks, for the
         types whose codes come from them. Raises ValueError for a clip too short for one code."""
@@ -224,7 +225,7 @@ class _BeatsRvq(_Beats):
             encoder.model, audio_h5, out, batch_size=batch_size, device=encoder.device, bf16=bf16, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards
         )
 
-    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: ResidualVQ | None) -> np.ndarray:
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
         import numpy as np
 
         batch, n = self._wave(encoder, wave)
@@ -252,7 +253,7 @@ class _BeatsTokenizer(_Beats):
             encoder.model, audio_h5, out, metadata=meta, batch_size=batch_size, device=encoder.device, bf16=bf16, work_dir=work_dir, keep_shards=keep_shards
         )
 
-    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: ResidualVQ | None) -> np.ndarray:
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
         import numpy as np
 
         batch, n = self._wave(encoder, wave)
@@ -280,7 +281,7 @@ class _Encodec(TokenType):
         meta = token_metadata(self, codec.num_codebooks(bandwidth), codec.codebook_size, encoder.record(), **rates, **extra)
         return extract_encodec_tokens(codec, audio_h5, out, bandwidth=bandwidth, metadata=meta, work_dir=work_dir, keep_shards=keep_shards)
 
-    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: ResidualVQ | None) -> np.ndarray:
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
         import numpy as np
 
         return encoder.model.encode(wave, encoder.spec["bandwidth"]).astype(np.int16)
