@@ -8,7 +8,7 @@ to its longest clip. Measured in the same run, interleaved (median of 2):
 
 * ``b1``: the naive loop, one clip per call (no padding, per-call overheads paid per clip);
 * ``b8_bucketed``: the features stage's loop, batches of 8 from
-  :func:`clapart_core.encoders.extract.length_buckets`, padded on the right, per-clip masks;
+  :func:`clapart_core.encoders.beats_extract.length_buckets`, padded on the right, per-clip masks;
 * ``file_order``: the same batches of 8 without bucketing;
 * SDPA vs eager attention at batch 1 on one full-length clip.
 
@@ -33,7 +33,7 @@ import torch
 
 from bench.common import set_threads
 from clapart_core.encoders.beats import BEATs, num_patches, random_beats
-from clapart_core.encoders.extract import length_buckets
+from clapart_core.encoders.beats_extract import length_buckets
 
 OFFICIAL_CLIPS_PER_S = {1: 0.65, 8: 0.58}  # quoted, see module docstring
 SAMPLE_RATE = 16000
@@ -133,7 +133,7 @@ def main(quick: bool = False, device: str = "cpu") -> list[str]:
 
     CPU: ``clips`` clips of AudioCaps-like mixed lengths, extracted three ways, interleaved:
     one clip at a time (the naive loop, batch 1), batches of 8 in length buckets (the features
-    stage: :func:`clapart_core.encoders.extract.length_buckets`), and batches of 8 in file order
+    stage: :func:`clapart_core.encoders.beats_extract.length_buckets`), and batches of 8 in file order
     (what bucketing saves); plus SDPA vs eager attention at batch 1 on one full-length clip.
     Full: the BEATs_iter3_plus_AS2M config, 16 clips of up to 10 s; quick: 2 layers, 16 clips of
     up to 2 s. Real-time factor = seconds of audio per second of wall time.

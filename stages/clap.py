@@ -1,21 +1,23 @@
 """Stage `clap`: the global CLAP audio embedding per clip, data/features/clap/{split}.h5 ([1, 512] per clip).
 --phase NAME: the fine-tuning corpus.
 
-Kept apart from `features` so that a CLAP change does not recompute BEATs features (and vice versa).
+Kept apart from `features` so that a CLAP change does not recompute BEATs features (and vice versa);
+for the same reason it imports no token-type code (clapart_core/encoders/registry.py).
 """
 
-from clapart_core.encoders.clap import CLAP_SAMPLE_RATE, load_clap, random_clap
 from clapart_core.corpus.decoded import audio_path
+from clapart_core.encoders.clap import clap_from_spec
 from clapart_core.encoders.extract import extract_clap_embeddings
-from clapart_core.pipeline.storage import SPLITS, model_fingerprint
+from clapart_core.encoders.spec import CLAP_SAMPLE_RATE
 from clapart_core.pipeline.params import resolve_device, start_stage
 from clapart_core.pipeline.resume import discard
+from clapart_core.pipeline.storage import SPLITS, model_fingerprint
 
 if __name__ == "__main__":
     params, ws = start_stage("clap")
     cfg = params["clap"]
-    encoder = load_clap(cfg["checkpoint"], resolve_device(cfg["device"])) if cfg["checkpoint"] else random_clap(seed=params["seed"])
     spec = {"checkpoint": cfg["checkpoint"], "seed": params["seed"]}
+    encoder = clap_from_spec(spec, resolve_device(cfg["device"]))
     attrs = {"encoder": "clap", "spec": spec, "pretrained": encoder.pretrained, "weights_sha256": model_fingerprint(encoder.model)}
     for split in SPLITS:
         extract_clap_embeddings(

@@ -1,7 +1,7 @@
 """Stage `codebooks`: fit rvq.max_layers x rvq.codebook_size residual k-means codebooks on a
-seeded sample of training-split BEATs frames -> data/codebooks/rvq.npz, metrics/rvq.json.
-Does not read rvq.layers: the first k layers of this fit are the k-layer fit. For the
-discrete encoder types there is nothing to fit; the files say so."""
+seeded sample of training-split encoder frames -> data/codebooks/rvq.npz, metrics/rvq.json.
+Does not read rvq.layers: the first k layers of this fit are the k-layer fit. For the token
+types whose codes come straight from the encoder there is nothing to fit; the files say so."""
 
 import json
 from pathlib import Path
@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from clapart_core.encoders.extract import sample_frames
-from clapart_core.pipeline.params import start_stage
-from clapart_core.pipeline.config import read_config
+from clapart_core.pipeline.params import read_config, start_stage
 from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, quantisation_report, save_codebooks
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@ holding only the settings that apply to encoder.type (see clapart_core/pipeline/
 
 import logging
 
-from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.config import PreflightError, preflight, write_configs
+from clapart_core.pipeline.params import start_stage
 
 if __name__ == "__main__":
     params, _ = start_stage("configure")

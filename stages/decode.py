@@ -6,8 +6,7 @@ from pathlib import Path
 
 from clapart_core.corpus.datasets import ManifestError, read_manifest
 from clapart_core.corpus.decoded import ClipDecodeError, DecodeReport, decode_split
-from clapart_core.pipeline.params import start_stage
-from clapart_core.pipeline.config import read_config
+from clapart_core.pipeline.params import read_config, start_stage
 from clapart_core.pipeline.storage import SPLITS
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
-"""Stage `tokenize`: data/tokens/{split}.parquet for train/score. beats_rvq: BEATs features -> codes of
-the first rvq.layers codebooks; the discrete types: their codes as extracted (copied unchanged).
+"""Stage `tokenize`: data/tokens/{split}.parquet for train/score. Types whose codes come from the RVQ
+codebooks (clapart_core/encoders/registry.py): encoder features -> codes of the first rvq.layers
+codebooks; the others: their codes as extracted (copied unchanged).
 --phase NAME: the fine-tuning corpus, with the main run's codebooks."""
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 
 from clapart_core.encoders.extract import iter_features
-from clapart_core.pipeline.params import start_stage
-from clapart_core.pipeline.config import read_config
-from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
+from clapart_core.encoders.registry import encoder_record, token_metadata, token_type
+from clapart_core.pipeline.params import read_config, start_stage
 from clapart_core.pipeline.storage import SPLITS, RaggedReader, partial_path, write_tokens
+from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
 
 CODEBOOKS = "data/codebooks/rvq.npz"
 
@@ -20,25 +20,18 @@ if __name__ == "__main__":
     _, ws = start_stage("tokenize")
     feature_dir, out = ws.encoder_features, ws.tokens
     cfg = read_config("tokenize")
+    kind = token_type(cfg["type"])
     out.mkdir(parents=True, exist_ok=True)
-    if cfg["type"] != "beats_rvq":
+    if not kind.codebooks:
         for split in SPLITS:
             shutil.copyfile(feature_dir / f"{split}.parquet", partial_path(out / f"{split}.parquet"))
             partial_path(out / f"{split}.parquet").replace(out / f"{split}.parquet")
     else:
         codebooks, fit = load_codebooks(CODEBOOKS)
         rvq = ResidualVQ(codebooks, num_layers=cfg["layers"])
-        with RaggedReader(feature_dir / "train.h5") as feats:
-            encoder = {"name": "beats", "spec": json.loads(feats.attrs["spec"]), "pretrained": bool(feats.attrs["pretrained"]), "weights_sha256": feats.attrs["weights_sha256"]}
-        meta = {
-            "num_codebooks": rvq.num_layers,
-            "codebook_size": rvq.codebook_size,
-            "rvq_layers": rvq.num_layers,
-            "codebooks_file": CODEBOOKS,
-            "codebooks_fit": fit,
-            "encoder_type": "beats_rvq",
-            "encoder": encoder,
-        }
+        with RaggedReader(feature_dir / "train.h5") as feats:  # the encoder the features stage recorded
+            encoder = encoder_record(kind, json.loads(feats.attrs["spec"]), bool(feats.attrs["pretrained"]), feats.attrs["weights_sha256"])
+        meta = token_metadata(kind, rvq.num_layers, rvq.codebook_size, encoder, codebooks=(CODEBOOKS, fit))
         for split in SPLITS:
             items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(feature_dir / f"{split}.h5"))
             write_tokens(out / f"{split}.parquet", items, meta)

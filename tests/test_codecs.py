@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from clapart_core.corpus.decoded import PCM_SCALE, audio_path, read_clip
 from clapart_core.encoders.beats import num_patches, random_beats_tokenizer
 from clapart_core.encoders.clap import ModelNotFoundError
-from clapart_core.encoders.encodec import (
-    ENCLAP_BANDWIDTH,
-    encodec_from_spec,
-    extract_beats_tokenizer_tokens,
-    extract_encodec_tokens,
-    load_encodec,
-    random_encodec,
-)
-from clapart_core.corpus.decoded import PCM_SCALE, audio_path, read_clip
+from clapart_core.encoders.encodec import ENCLAP_BANDWIDTH, load_encodec, random_encodec
+from clapart_core.encoders.registry import encoder_from_spec
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, model_fingerprint, read_tokens
 
 # Narrower than the demo default; keeps the real strides (hop 320) and 1024-entry codebooks, so
@@ -128,7 +122,9 @@ def test_incomplete_checkpoint_directory_is_refused(tmp_path: Path) -> None:
 def test_encodec_tokens_parquet_round_trip(encodec, decoded: Path, tmp_path: Path) -> None:
     src = audio_path(decoded, 24000, "train")
     out = tmp_path / "train.parquet"
-    assert extract_encodec_tokens(encodec, src, out, bandwidth=12.0, metadata={"split": "train"}) == len(SECONDS)
+    # the features stage's path: the registry rebuilds the fixture's codec from its spec
+    codec = encoder_from_spec("encodec", {"random": TINY_ENCODEC, "seed": 7, "bandwidth": 12.0})
+    assert codec.extract(src, out, batch_size=1, extra={"split": "train"}) == len(SECONDS)
     table = read_tokens(out)
     assert table.clip_ids == [f"c{k}" for k in range(len(SECONDS))]  # file order
     assert table.num_codebooks == 16 and table.codebook_size == 1024
@@ -147,9 +143,9 @@ def test_encodec_tokens_parquet_round_trip(encodec, decoded: Path, tmp_path: Pat
             assert codes.dtype == np.int16 and codes.shape == (encodec.num_frames(reader.length(clip_id)), 16)
             np.testing.assert_array_equal(codes, alone)
     # the recorded spec rebuilds the very same weights (what captioning raw audio relies on)
-    assert model_fingerprint(encodec_from_spec(meta["encoder"]["spec"]).model) == meta["encoder"]["weights_sha256"]
+    assert model_fingerprint(encoder_from_spec("encodec", meta["encoder"]["spec"]).weights) == meta["encoder"]["weights_sha256"]
     with pytest.raises(ValueError, match="needs 24000 Hz: rerun decode"):
-        extract_encodec_tokens(encodec, audio_path(decoded, 16000, "train"), tmp_path / "x.parquet", bandwidth=12.0)
+        codec.extract(audio_path(decoded, 16000, "train"), tmp_path / "x.parquet", batch_size=1)
     assert not (tmp_path / "x.parquet").exists()
 
 
@@ -157,10 +153,11 @@ def test_beats_tokenizer_tokens_match_each_clip_alone(decoded: Path, tmp_path: P
     model = random_beats_tokenizer(TINY_TOKENIZER, seed=5)
     src = audio_path(decoded, 16000, "train")
     spec = {"checkpoint": None, "random": TINY_TOKENIZER, "seed": 5}
+    tokenizer = encoder_from_spec("beats_tokenizer", spec)  # the features stage's path: the same seeded weights
     tables = {}
     for batch_size in (1, 3):
         out = tmp_path / f"b{batch_size}.parquet"
-        assert extract_beats_tokenizer_tokens(model, src, out, spec=spec, pretrained=False, batch_size=batch_size) == len(SECONDS)
+        assert tokenizer.extract(src, out, batch_size=batch_size) == len(SECONDS)
         tables[batch_size] = read_tokens(out)
     one, three = tables[1], tables[3]
     assert one.clip_ids == three.clip_ids and sorted(one.clip_ids) == [f"c{k}" for k in range(len(SECONDS))]
@@ -178,4 +175,4 @@ def test_beats_tokenizer_tokens_match_each_clip_alone(decoded: Path, tmp_path: P
                 assert a.min() >= 0 and a.max() < 64
     assert one.codes[one.clip_ids.index("c2")].shape == (0, 1)  # 0.1 s: shorter than one patch
     with pytest.raises(ValueError, match="needs 16000 Hz: rerun decode"):
-        extract_beats_tokenizer_tokens(model, audio_path(decoded, 24000, "train"), tmp_path / "x.parquet", spec=spec, pretrained=False)
+        tokenizer.extract(audio_path(decoded, 24000, "train"), tmp_path / "x.parquet", batch_size=8)

@@ -26,7 +26,7 @@ import yaml
 
 from clapart_core.encoders.beats import random_beats
 from clapart_core.corpus.decoded import PCM_SCALE
-from clapart_core.encoders.extract import extract_beats_features
+from clapart_core.encoders.beats_extract import extract_beats_features
 from clapart_core.pipeline.resume import plan_groups
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 

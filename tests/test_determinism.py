@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 
 from clapart_core.corpus.decoded import PCM_SCALE, audio_path
-from clapart_core.pipeline.config import BEATS_RATE, write_configs
+from clapart_core.encoders.spec import BEATS_SAMPLE_RATE as BEATS_RATE
+from clapart_core.pipeline.config import write_configs
 from clapart_core.pipeline.storage import SPLITS, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]

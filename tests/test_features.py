@@ -7,10 +7,11 @@ import pyarrow as pa
 import pytest
 import soundfile as sf
 
-from clapart_core.encoders.beats import num_patches, random_beats
-from clapart_core.encoders.clap import random_clap
 from clapart_core.corpus.decoded import audio_path, decode_split, read_clip
-from clapart_core.encoders.extract import extract_beats_features, extract_clap_embeddings, sample_frames
+from clapart_core.encoders.beats import num_patches, random_beats
+from clapart_core.encoders.beats_extract import extract_beats_features
+from clapart_core.encoders.clap import random_clap
+from clapart_core.encoders.extract import extract_clap_embeddings, sample_frames
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 TINY_BEATS = {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}
@@ -67,7 +68,7 @@ def test_beats_features_do_not_depend_on_batching(decoded, tmp_path):
             assert a.length(cid) == num_patches(audio.length(cid))
             np.testing.assert_allclose(a[cid].astype(np.float32), b[cid].astype(np.float32), atol=2e-2, rtol=0)
         assert a.length("c2") == 0  # 0.1 s is shorter than one patch: no frames
-        assert a[f"c0"].dtype == np.float16 and a[f"c0"].shape[1] == 32
+        assert a["c0"].dtype == np.float16 and a["c0"].shape[1] == 32
 
 
 def test_clap_embeddings_are_unit_norm_and_batch_free(decoded, tmp_path):

@@ -19,7 +19,8 @@ from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtFor
 from clapart_core.captioner.model_dir import save_captioner
 from clapart_core.captioner.text import load_caption_tokenizer
 from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
-from clapart_core.encoders.encodec import encodec_from_spec
+from clapart_core.encoders.encodec import load_encodec, random_encodec
+from clapart_core.encoders.spec import checkpoint_or_random
 from clapart_core.pipeline.resume import file_digest
 from clapart_core.pipeline.storage import model_fingerprint
 
@@ -149,7 +150,9 @@ def _load_tokenizer(name_or_path: str, vocab_size: int) -> Any:
 
 def _encodec_frontend(spec: str | dict[str, Any], config: ClapArtConfig) -> dict[str, Any]:
     """frontend.json's ``encoder`` entry for the EnCodec that makes this checkpoint's codes."""
-    encoder = encodec_from_spec({"checkpoint": spec} if isinstance(spec, str) else spec)
+    # EnCLAP's codes are EnCodec's by definition: this builds the EnCodec directly (the registry's
+    # entry needs a bandwidth, which is what this function works out)
+    encoder = checkpoint_or_random({"checkpoint": spec} if isinstance(spec, str) else spec, load_encodec, random_encodec, "EnCodec")
     name = spec if isinstance(spec, str) else "a random EnCodec"
     if encoder.codebook_size != config.codebook_size:
         raise ValueError(

@@ -36,51 +36,35 @@ def _check_fingerprint(what: str, model: torch.nn.Module, expected: str) -> None
         )
 
 
-class _Tokenizer:
-    """Raw 16/24 kHz audio -> ``[T, N]`` codes, as the pipeline's features + tokenize stages do."""
+class AudioToCodes:
+    """An audio file -> ``[T, N]`` int16 codes, exactly as the features (+ tokenize) stages made the
+    codes a model was trained on: the token type's encoder (:mod:`clapart_core.encoders.registry`)
+    rebuilt from the model directory's front end, its weights checked against the recorded
+    fingerprint, and the model's own codebooks for types whose codes come from RVQ."""
 
     def __init__(self, front: dict[str, Any], model_dir: Path, device: str) -> None:
-        from clapart_core.encoders.beats import load_beats, load_beats_tokenizer, random_beats, random_beats_tokenizer
-        from clapart_core.encoders.encodec import encodec_from_spec
+        from clapart_core.encoders.registry import encoder_from_spec
 
-        self.type, spec, self.device = front["encoder_type"], front["encoder"]["spec"], device
-        expected = front["encoder"]["weights_sha256"]
-        if self.type == "beats_rvq":
-            self.model = load_beats(spec["checkpoint"]) if spec["checkpoint"] else random_beats(spec["random"], seed=spec["seed"])
-            self.rvq = ResidualVQ(load_codebooks(Path(model_dir) / CODEBOOKS_FILE)[0])
-            self.sample_rate = 16_000
-        elif self.type == "beats_tokenizer":
-            self.model = load_beats_tokenizer(spec["checkpoint"]) if spec["checkpoint"] else random_beats_tokenizer(spec["random"], seed=spec["seed"])
-            self.sample_rate = 16_000
-        else:
-            self.encodec = encodec_from_spec(spec, device)
-            self.model, self.sample_rate, self.bandwidth = self.encodec.model, self.encodec.sample_rate, spec["bandwidth"]
-        _check_fingerprint(self.type, self.model, expected)
-        self.model = self.model.to(device).eval()
+        self.encoder = encoder_from_spec(front["encoder_type"], front["encoder"]["spec"], device)
+        _check_fingerprint(self.encoder.kind.name, self.encoder.weights, front["encoder"]["weights_sha256"])
+        self.rvq = ResidualVQ(load_codebooks(Path(model_dir) / CODEBOOKS_FILE)[0]) if self.encoder.kind.codebooks else None
 
     def __call__(self, path: Path) -> np.ndarray:
         from clapart_core.corpus.audio import load_audio
-        from clapart_core.encoders.beats import num_patches
 
-        # the decode stage stores int16 PCM: round to that grid so tokens match the pipeline's
-        wave = (np.round(load_audio(path, self.sample_rate) * 32767.0) / 32767.0).astype(np.float32)
-        if self.type == "encodec":
-            return self.encodec.encode(wave, self.bandwidth).astype(np.int16)
-        n = num_patches(len(wave))
-        if n == 0:
-            raise ValueError(f"{path}: shorter than one BEATs patch (0.175 s), nothing to caption")
-        batch = torch.from_numpy(wave)[None].to(self.device)
-        if self.type == "beats_tokenizer":
-            return self.model.extract_labels(batch)[0, :n, None].cpu().numpy().astype(np.int16)
-        feats, _ = self.model.extract_features(batch)
-        return self.rvq.encode(feats[0, :n].float().cpu()).numpy().astype(np.int16)
+        # the decode stage stores int16 PCM: round to that grid so codes match the pipeline's
+        wave = (np.round(load_audio(path, self.encoder.kind.sample_rate) * 32767.0) / 32767.0).astype(np.float32)
+        try:
+            return self.encoder.codes(wave, self.rvq)
+        except ValueError as err:  # e.g. too short for one code
+            raise ValueError(f"{path}: {err}") from None
 
 
 @dataclass
 class CaptionPipeline:
     """Audio files -> captions with everything a trained model directory specifies."""
 
-    tokenizer_frontend: _Tokenizer
+    tokenizer_frontend: AudioToCodes
     clap: Any | None
     model: Any
     tokenizer: Any
@@ -88,17 +72,15 @@ class CaptionPipeline:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, device: str = "auto") -> CaptionPipeline:
-        from clapart_core.encoders.clap import load_clap, random_clap
+        from clapart_core.encoders.clap import clap_from_spec
         from clapart_core.pipeline.params import resolve_device
 
         device = resolve_device(device)
         front = read_frontend(model_dir)
-        frontend = _Tokenizer(front, Path(model_dir), device)
+        frontend = AudioToCodes(front, Path(model_dir), device)
         clap = None
         if front["clap"] is not None:
-            cspec = front["clap"]["spec"]
-            # "random" (overrides of the small random CLAP) is only set by import-enclap's test specs
-            clap = load_clap(cspec["checkpoint"], device) if cspec["checkpoint"] else random_clap(cspec.get("random"), seed=cspec["seed"])
+            clap = clap_from_spec(front["clap"]["spec"], device)
             _check_fingerprint("clap", clap.model, front["clap"]["weights_sha256"])
         model, tokenizer = load_captioner(Path(model_dir))
         return cls(frontend, clap, model.to(device), tokenizer, device)

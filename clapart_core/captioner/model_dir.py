@@ -94,7 +94,7 @@ def write_frontend(model_dir: Path, tokens_meta: dict[str, Any], codebooks_file:
         clap_file: a CLAP embeddings file (its attrs name the CLAP model), or None without CLAP.
     """
     n = int(tokens_meta["num_codebooks"])
-    if tokens_meta["encoder_type"] == "beats_rvq":
+    if "codebooks_file" in tokens_meta:  # codes from the RVQ codebooks (encoders/registry.py token_metadata says which)
         codebooks, fit = load_codebooks(codebooks_file)
         save_codebooks(Path(model_dir) / CODEBOOKS_FILE, codebooks[:n], **fit)
     clap = None

@@ -64,6 +64,7 @@ import pyarrow.parquet as pq
 
 from clapart_core.corpus.audio import AudioDecodeError, audio_info
 from clapart_core.corpus.demo import generate_demo_corpus
+from clapart_core.pipeline.params import DATA_SOURCES
 
 __all__ = [
     "AUDIOCAPS_COLUMNS",
@@ -77,7 +78,6 @@ __all__ = [
     "ROOT_KEY",
     "SOURCE_KEY",
     "SPLITS",
-    "SUPPORTED_SOURCES",
     "CorpusReport",
     "DatasetDownloadError",
     "ManifestError",
@@ -99,7 +99,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
-SUPPORTED_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
 AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".opus"})
 ROOT_KEY = b"clapart.root"
 SOURCE_KEY = b"clapart.source"
@@ -911,7 +910,7 @@ def build_manifest(
             download_corpus(source, root, **source_options)
         scan = scan_clotho_corpus if source == "clotho" else scan_audiocaps_corpus
         return scan(root, strict=strict, allow_unlisted=allow_unlisted, **source_options)[0]
-    raise ValueError(f"unsupported data source {source!r}; supported sources: {', '.join(SUPPORTED_SOURCES)}")
+    raise ValueError(f"unsupported data source {source!r}; supported sources: {', '.join(DATA_SOURCES)}")
 
 
 def validate_manifest(table: pa.Table, where: str = "manifest") -> None:

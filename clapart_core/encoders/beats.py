@@ -76,8 +76,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 from clapart_core.encoders.fbank import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, beats_fbank, num_frames
+from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 PaddingSemantics = Literal["alone", "official"]
 AttnImplementation = Literal["sdpa", "eager"]

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-log = logging.getLogger(__name__)
+from clapart_core.encoders.spec import ModelNotFoundError, checkpoint_or_random
 
-CLAP_SAMPLE_RATE = 48_000
+log = logging.getLogger(__name__)
 
 # A small HTS-AT: same module types as laion/clap-htsat-*, ~1 M parameters.
 RANDOM_CLAP_DEFAULTS: dict[str, Any] = {
@@ -39,10 +39,6 @@ RANDOM_CLAP_DEFAULTS: dict[str, Any] = {
     },
     "text": {"hidden_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 128, "vocab_size": 1000},
 }
-
-
-class ModelNotFoundError(RuntimeError):
-    """A named pretrained model is not available (offline or wrong path)."""
 
 
 @dataclass
@@ -134,3 +130,10 @@ def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEnco
             "(or set clap.checkpoint to a local directory holding config.json and the weights)."
         ) from err
     return ClapEncoder(model, fe, name_or_path, pretrained=True)
+
+
+def clap_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu") -> ClapEncoder:
+    """The CLAP model a spec names (:mod:`clapart_core.encoders.spec`): ``{"checkpoint": id or dir}``
+    loaded onto ``device``, or ``{"seed": s}`` (``"random"``: overrides) the seeded small model,
+    which stays on the CPU. Used by the clap stage and by raw-audio captioning alike."""
+    return checkpoint_or_random(spec, lambda name: load_clap(name, device), random_clap, "CLAP")

@@ -1,32 +1,23 @@
-"""Discrete-token encoders other than BEATs -> RVQ, the other two rows of the paper's Table 1:
+"""EnCodec codes, the EnCLAP baseline (one row of the paper's Table 1), read through transformers'
+``EncodecModel`` (``facebook/encodec_24khz`` by hub id or local directory).
 
-- ``encodec`` -- EnCodec codes, the EnCLAP baseline, read through transformers' ``EncodecModel``
-  (``facebook/encodec_24khz`` by hub id or local directory). EnCLAP encodes at **12 kbps**:
-  ``model.set_target_bandwidth(12.0)`` in ``data/infer_encodec.py`` and ``inference.py`` of
-  jaeyeonkim99/EnCLAP, and ``num_rvq: 16`` in its ``EnClapBartConfig``; i.e. 16 codebooks of
-  1024 entries at 75 frames/s (``floor(12000 / (75 * log2 1024))``), ``[T, 16]`` with
-  ``T = ceil(S / 320)`` for ``S`` samples at 24 kHz.
-- ``beats_tokenizer`` -- the official BEATs acoustic tokenizer ("BEATs-AT"): one code of a
-  1024-entry codebook per 16 x 16 fbank patch, time-major like the BEATs features, ``[T, 1]``.
+EnCLAP encodes at **12 kbps**: ``model.set_target_bandwidth(12.0)`` in ``data/infer_encodec.py``
+and ``inference.py`` of jaeyeonkim99/EnCLAP, and ``num_rvq: 16`` in its ``EnClapBartConfig``;
+i.e. 16 codebooks of 1024 entries at 75 frames/s (``floor(12000 / (75 * log2 1024))``), ``[T, 16]``
+with ``T = ceil(S / 320)`` for ``S`` samples at 24 kHz.
 
-Both stage bodies stream a decoded-audio file (:mod:`clapart_core.corpus.decoded`) and write the
-token Parquet of :mod:`clapart_core.pipeline.storage` directly, with the same metadata keys as the
-``beats_rvq`` tokens (``num_codebooks``, ``codebook_size``, ``encoder_type`` and an ``encoder``
-dict ``{name, spec, pretrained, weights_sha256}``), so ``train`` and ``score`` do not know which
-encoder produced the codes.
+The stage body streams a decoded-audio file (:mod:`clapart_core.corpus.decoded`) and writes the
+token Parquet of :mod:`clapart_core.pipeline.storage` directly, with the token metadata every type
+shares (:func:`clapart_core.encoders.registry.token_metadata`), so ``train`` and ``score`` do not
+know which encoder produced the codes.
 
-Batching never changes a clip's codes:
-
-- EnCodec is run on one clip at a time, as EnCLAP's ``data/infer_encodec.py`` does. The 24 kHz
-  model encodes the whole clip with causal convolutions whose right padding depends on the
-  clip's length (a zero-padded tail would change its last frame), and even equal-length batches
-  move the encoder output by float rounding (~1e-7), which can flip a nearest-codeword decision
-  that is that close to a tie. One clip per call costs nothing on the CPU (measured: 6 clips of
-  4 s alone 0.18 s, batched 0.22 s for the small random model) and little on a GPU.
-- BEATs' tokenizer masks each clip's own patches (``padding_semantics="alone"`` in
-  :mod:`clapart_core.encoders.beats`), so clips share length-bucketed batches and each keeps only its
-  valid patches. Clips are written in the stable length order of
-  :func:`clapart_core.encoders.extract.length_buckets`, which does not depend on ``batch_size``.
+EnCodec is run on one clip at a time, as EnCLAP's ``data/infer_encodec.py`` does, so batching never
+changes a clip's codes. The 24 kHz model encodes the whole clip with causal convolutions whose
+right padding depends on the clip's length (a zero-padded tail would change its last frame), and
+even equal-length batches move the encoder output by float rounding (~1e-7), which can flip a
+nearest-codeword decision that is that close to a tie. One clip per call costs nothing on the
+CPU (measured: 6 clips of 4 s alone 0.18 s, batched 0.22 s for the small random model) and
+little on a GPU.
 
 Offline use has no pretrained EnCodec weights: :func:`random_encodec` builds the real architecture
 (``EncodecConfig``, 24 kHz, hop 320, 1024-entry codebooks) at a small width with seeded weights.
@@ -51,22 +42,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.encoders.clap import ModelNotFoundError
 from clapart_core.corpus.decoded import PCM_SCALE
-from clapart_core.encoders.extract import BEATS_SAMPLE_RATE, parts_path, per_patch_outputs
+from clapart_core.encoders.extract import MAX_CODEBOOK_SIZE, check_rate, parts_path
+from clapart_core.encoders.spec import ENCODEC_SAMPLE_RATE, ModelNotFoundError
 from clapart_core.pipeline.resume import ShardedRun, file_digest, plan_groups
-from clapart_core.pipeline.storage import RaggedReader, model_fingerprint, write_tokens
+from clapart_core.pipeline.storage import RaggedReader, write_tokens
 
 log = logging.getLogger(__name__)
 
-ENCODEC_SAMPLE_RATE = 24_000
 ENCODEC_CHECKPOINT = "facebook/encodec_24khz"
 # EnCLAP's setting (see the module docstring): 16 codebooks at 75 Hz.
 ENCLAP_BANDWIDTH = 12.0
-# BEATs patch frames per second: 100 fbank frames/s, 16 frames per time patch, 8 frequency patches.
-BEATS_PATCH_RATE_HZ = 100 / 16 * 8
-# Token Parquet stores codes as int16.
-_MAX_CODEBOOK_SIZE = 2**15
 
 # A narrow EnCodec: the 24 kHz model's module types, strides (8, 5, 4, 2 -> hop 320, 75 Hz),
 # 2-layer LSTM, 1024-entry codebooks and bandwidths, at 1/8 of its width (0.25 M parameters, 0.12 M in the encoder).
@@ -260,31 +246,14 @@ def load_encodec(name_or_path: str, device: str | torch.device = "cpu") -> Encod
     return EncodecEncoder(model, fe, str(name_or_path), pretrained=True, spec={"checkpoint": str(name_or_path)})
 
 
-def encodec_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu") -> EncodecEncoder:
-    """Rebuild the encoder a token file was made with from its ``encoder.spec`` metadata
-    (``{"checkpoint": ...}`` or ``{"random": cfg, "seed": ...}``, plus ``bandwidth``, ignored here):
-    what raw-audio captioning needs to tokenise new clips exactly as the training data was."""
-    if spec.get("checkpoint"):
-        return load_encodec(spec["checkpoint"], device)
-    if "random" in spec and "seed" in spec:
-        return random_encodec(spec["random"], int(spec["seed"]), device)
-    raise ValueError(f"EnCodec spec {spec!r} names neither a checkpoint nor a random config and seed")
-
-
 # ---------------------------------------------------------------------------------- stage bodies
-def _check_rate(reader: RaggedReader, audio_h5: Path, needed: int, what: str) -> None:
-    have = int(reader.attrs["sample_rate"])
-    if have != needed:
-        raise ValueError(f"{audio_h5} holds {have} Hz audio but {what} needs {needed} Hz: rerun decode for this encoder.type (dvc repro)")
-
-
 def extract_encodec_tokens(
     encoder: EncodecEncoder,
     audio_h5: Path,
     out_parquet: Path,
     *,
     bandwidth: float,
-    metadata: dict[str, Any] | None = None,
+    metadata: dict[str, Any],
     work_dir: Path | None = None,
     keep_shards: bool = False,
 ) -> int:
@@ -292,7 +261,8 @@ def extract_encodec_tokens(
 
     ``T = ceil(S / 320)`` (75 frames/s), ``N = encoder.num_codebooks(bandwidth)`` (16 at EnCLAP's
     12 kbps). Clips are encoded one at a time, in file order (see the module docstring).
-    ``metadata`` adds keys to the Parquet metadata. Returns the number of clips written.
+    ``metadata`` is the file's whole token metadata
+    (:func:`clapart_core.encoders.registry.token_metadata`). Returns the number of clips written.
     Resumable: finished groups of clips are kept in ``work_dir`` (default ``{out_parquet}.parts``;
     :mod:`clapart_core.pipeline.resume`), and a rerun after a kill encodes only the missing ones. The shards
     are removed once ``out_parquet`` is written, unless ``keep_shards`` (the caller removes them).
@@ -300,85 +270,17 @@ def extract_encodec_tokens(
     audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)
     reader = RaggedReader(audio_h5)
     with reader:
-        _check_rate(reader, audio_h5, encoder.sample_rate, f"EnCodec model {encoder.name!r}")
-        n = encoder.num_codebooks(bandwidth)
-        if encoder.codebook_size > _MAX_CODEBOOK_SIZE:
+        check_rate(reader, audio_h5, encoder.sample_rate, f"EnCodec model {encoder.name!r}")
+        if encoder.codebook_size > MAX_CODEBOOK_SIZE:
             raise ValueError(f"codebook size {encoder.codebook_size} does not fit the token Parquet's int16 codes")
-        meta = {
-            "num_codebooks": n,
-            "codebook_size": encoder.codebook_size,
-            "encoder_type": "encodec",
-            "encoder": {
-                "name": "encodec",
-                "spec": {**encoder.spec, "bandwidth": float(bandwidth)},
-                "pretrained": encoder.pretrained,
-                "weights_sha256": model_fingerprint(encoder.model),
-            },
-            "sample_rate": encoder.sample_rate,
-            "frame_rate_hz": encoder.frame_rate,
-            **(metadata or {}),
-        }
 
         def compute(group: list[list[int]]) -> Iterator[tuple[str, np.ndarray]]:
             for (i,) in group:  # one clip per batch (see the module docstring)
                 clip_id = reader.clip_ids[i]
                 yield clip_id, encoder.encode(reader[clip_id].astype(np.float32) / PCM_SCALE, bandwidth).astype(np.int16)
 
-        key = {"kind": "encodec_tokens", "metadata": meta, "input": file_digest(audio_h5), "device": str(encoder.device), "torch": torch.__version__}
+        key = {"kind": "encodec_tokens", "metadata": metadata, "input": file_digest(audio_h5), "device": str(encoder.device), "torch": torch.__version__}
         groups = plan_groups([[i] for i in range(len(reader))])
         with ShardedRun(work_dir or parts_path(out_parquet), key, reader.clip_ids, groups, compute, f"encodec {audio_h5.stem}", keep_shards) as items:
-            return write_tokens(out_parquet, items, meta)
+            return write_tokens(out_parquet, items, metadata)
 
-
-def extract_beats_tokenizer_tokens(
-    tokenizer_model: torch.nn.Module,
-    audio_h5: Path,
-    out_parquet: Path,
-    *,
-    spec: dict[str, Any],
-    pretrained: bool,
-    batch_size: int = 8,
-    device: str = "cpu",
-    bf16: bool = False,
-    metadata: dict[str, Any] | None = None,
-    work_dir: Path | None = None,
-    keep_shards: bool = False,
-) -> int:
-    """BEATs acoustic-tokenizer codes for every clip of one 16 kHz decoded-audio file, one token Parquet.
-
-    ``[S] @ 16 kHz -> [T, 1]`` with ``T = 8 * floor(F / 16)`` patches (time-major, as the BEATs
-    features), codes in ``[0, quant_n)``. Clips are batched by length; each keeps only its own
-    valid patches, which equal the clip tokenised alone. Clips shorter than one patch (0.175 s)
-    get ``T = 0``. ``spec`` (checkpoint or random cfg + seed) and ``pretrained`` are recorded in
-    the metadata, with the weights' fingerprint. Returns the number of clips written.
-    Resumable like :func:`extract_encodec_tokens` (``work_dir``, ``keep_shards``).
-    """
-    audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)
-    codebook_size = int(tokenizer_model.config.quant_n)
-    if codebook_size > _MAX_CODEBOOK_SIZE:
-        raise ValueError(f"codebook size {codebook_size} does not fit the token Parquet's int16 codes")
-    reader = RaggedReader(audio_h5)
-    with reader:
-        _check_rate(reader, audio_h5, BEATS_SAMPLE_RATE, "the BEATs tokenizer")
-        model = tokenizer_model.to(device).eval()
-        meta = {
-            "num_codebooks": 1,
-            "codebook_size": codebook_size,
-            "encoder_type": "beats_tokenizer",
-            "encoder": {"name": "beats_tokenizer", "spec": spec, "pretrained": bool(pretrained), "weights_sha256": model_fingerprint(model)},
-            "sample_rate": BEATS_SAMPLE_RATE,
-            "frame_rate_hz": BEATS_PATCH_RATE_HZ,
-            **(metadata or {}),
-        }
-        autocast_dtype = torch.bfloat16 if bf16 else None
-
-        def run(wave: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-            labels = model.extract_labels(wave.to(device), mask.to(device), autocast_dtype=autocast_dtype)
-            return labels.cpu().numpy()[:, :, None]  # [B, N, 1]: one codebook
-
-        key = {"kind": "beats_tokenizer_tokens", "metadata": meta, "batch_size": batch_size, "device": str(device), "bf16": bf16}
-        shards = per_patch_outputs(
-            reader, run, batch_size, np.zeros((0, 1), np.int16), f"beats-tokenizer {audio_h5.stem}", key, work_dir or parts_path(out_parquet), np.int16, keep_shards
-        )
-        with shards as items:
-            return write_tokens(out_parquet, items, meta)

@@ -65,7 +65,7 @@ def num_frames(num_samples: int) -> int:
     return 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _povey_window_cpu() -> torch.Tensor:
     # Built once on the CPU, outside any inference-mode context so the cached tensor can also
     # be used by code that records autograd.
@@ -84,7 +84,7 @@ def _kaldi_mel(freq_hz: torch.Tensor) -> torch.Tensor:
     return 1127.0 * (1.0 + freq_hz / 700.0).log()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mel_banks_cpu(num_mel_bins: int) -> torch.Tensor:
     with torch.inference_mode(False):
         mel_low = 1127.0 * math.log(1.0 + _LOW_FREQ / 700.0)

@@ -8,6 +8,10 @@ encoder and no ``rvq.*`` key applies. DVC's ``params:`` lists are static, so a s
 stage (no torch import, well under a second) lists every such key and writes one small JSON per
 stage holding only what applies; the stages depend on those files. When an inapplicable key
 changes, ``configure`` rewrites byte-identical files and DVC reruns nothing downstream.
+
+What applies to each ``encoder.type`` is its entry in :mod:`clapart_core.encoders.registry`; the
+stages read their file with :func:`clapart_core.pipeline.params.read_config`, which does not
+import the registry (so decode and codebooks do not depend on every encoder's code).
 """
 
 from __future__ import annotations
@@ -16,59 +20,46 @@ import json
 from pathlib import Path
 from typing import Any
 
-ENCODER_TYPES = ("beats_rvq", "beats_tokenizer", "encodec")
-BEATS_RATE, ENCODEC_RATE, CLAP_RATE = 16_000, 24_000, 48_000
-CONFIG_DIR = Path("data/config")
+from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, TokenType, token_type
+from clapart_core.pipeline.params import CONFIG_DIR, DATA_SOURCES, phase_params
+
+
+def _token_type(params: dict[str, Any]) -> TokenType:
+    try:
+        return token_type(params["encoder"]["type"])
+    except ValueError as err:
+        raise ValueError(f"params.yaml: {err}") from None
 
 
 def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``params`` -> ``{"decode": ..., "features": ..., "codebooks": ..., "tokenize": ...}``."""
-    etype = params["encoder"]["type"]
-    if etype not in ENCODER_TYPES:
-        raise ValueError(f"params.yaml: encoder.type={etype!r} is not one of {', '.join(ENCODER_TYPES)}")
-    rates = {ENCODEC_RATE if etype == "encodec" else BEATS_RATE, CLAP_RATE}
+    """``params`` -> ``{"decode": ..., "features": ..., "codebooks": ..., "tokenize": ...}``.
+
+    What applies to each token type is its registry entry's (:mod:`clapart_core.encoders.registry`):
+    the rate its encoder reads, its encoder settings, and whether its codes come from RVQ codebooks.
+    """
+    kind = _token_type(params)
+    rates = {kind.sample_rate, CLAP_SAMPLE_RATE}
     decode = {"sample_rates": sorted(rates), "max_seconds": params["decode"]["max_seconds"], "on_error": params["decode"]["on_error"]}
-
-    seed = params["seed"]
-    if etype == "beats_rvq":
-        b = params["beats"]
-        encoder = {"checkpoint": b["checkpoint"], "random": b["random"], "seed": seed}
-        run = {"batch_size": b["batch_size"], "device": b["device"], "bf16": b["bf16"]}
-    elif etype == "beats_tokenizer":
-        b = params["beats_tokenizer"]
-        encoder = {"checkpoint": b["checkpoint"], "random": b["random"], "seed": seed}
-        run = {"batch_size": b["batch_size"], "device": b["device"], "bf16": False}
-    else:
-        e = params["encodec"]
-        encoder = {"checkpoint": e["checkpoint"], "random": e["random"], "seed": seed, "bandwidth": e["bandwidth"]}
-        run = {"batch_size": 1, "device": e["device"], "bf16": False}  # EnCodec encodes clip by clip
-    features = {"type": etype, "encoder": encoder, **run}
-
-    if etype == "beats_rvq":
+    features = kind.features_config(params)
+    if kind.codebooks:
         r = params["rvq"]
         codebooks = {"fit": True, "max_layers": r["max_layers"], "codebook_size": r["codebook_size"], "kmeans": r["kmeans"]}
-        tokenize = {"type": etype, "layers": r["layers"]}
+        tokenize = {"type": kind.name, "layers": r["layers"]}
     else:
-        codebooks = {"fit": False, "reason": f"encoder.type={etype} produces its own discrete codes; rvq.* does not apply"}
-        tokenize = {"type": etype}
+        codebooks = {"fit": False, "reason": f"encoder.type={kind.name} produces its own discrete codes; rvq.* does not apply"}
+        tokenize = {"type": kind.name}
     return {"decode": decode, "features": features, "codebooks": codebooks, "tokenize": tokenize}
 
 
 def write_configs(params: dict[str, Any], out_dir: Path = CONFIG_DIR) -> None:
-    """Write ``{out_dir}/{stage}.json`` (sorted keys: same settings, same bytes)."""
+    """Write ``{out_dir}/{stage}.json`` (sorted keys: same settings, same bytes); stages read them
+    with :func:`clapart_core.pipeline.params.read_config`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for stage, cfg in resolve(params).items():
         text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
         path = out_dir / f"{stage}.json"
         if not path.is_file() or path.read_text() != text:
             path.write_text(text)
-
-
-def read_config(stage: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
-    path = config_dir / f"{stage}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the configure stage first (dvc repro configure)")
-    return json.loads(path.read_text())
 
 
 class PreflightError(ValueError):
@@ -98,25 +89,21 @@ def preflight(params: dict[str, Any]) -> list[str]:
     offline (``HF_HUB_OFFLINE=1``); online, an uncached id is reported as "will be downloaded".
     Raises :class:`PreflightError` (one line) on the first missing model; returns notes.
     """
-    etype = params["encoder"]["type"]
-    files: list[tuple[str, str | None]] = []
+    try:
+        kind = _token_type(params)
+    except ValueError as err:
+        raise PreflightError(str(err)) from None
+    files: list[tuple[str, str | None, str]] = []
     hub: list[tuple[str, str | None, str]] = []
-    if etype == "beats_rvq":
-        files.append(("beats.checkpoint", params["beats"]["checkpoint"]))
-    elif etype == "beats_tokenizer":
-        files.append(("beats_tokenizer.checkpoint", params["beats_tokenizer"]["checkpoint"]))
-    else:
-        hub.append(("encodec.checkpoint", params["encodec"]["checkpoint"], "facebook/encodec_24khz"))
+    encoder = (f"{kind.section}.checkpoint", params[kind.section]["checkpoint"], kind.checkpoint_hint)
+    (files if kind.checkpoint == "file" else hub).append(encoder)
     hub.append(("clap.checkpoint", params["clap"]["checkpoint"], "laion/clap-htsat-fused"))
     hub.append(("model.pretrained", params["model"]["pretrained"], "facebook/bart-base"))
     hub.append(("model.tokenizer", params["model"]["tokenizer"], "facebook/bart-base"))
     notes = []
-    for key, path in files:
+    for key, path, where in files:
         if path and not Path(path).is_file():
-            raise PreflightError(
-                f"params.yaml: {key} = {path!r} does not exist; download the official checkpoint "
-                "(microsoft/unilm on GitHub, beats/ README) or set it to null for a random encoder"
-            )
+            raise PreflightError(f"params.yaml: {key} = {path!r} does not exist; download {where} or set it to null for a random encoder")
     for key, name, example in hub:
         if not name:
             continue
@@ -135,15 +122,12 @@ def preflight(params: dict[str, Any]) -> list[str]:
 
 def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
     """A ``finetune.NAME`` entry must be a valid overlay whose corpus root exists (or is downloaded)."""
-    from clapart_core.corpus.datasets import SUPPORTED_SOURCES
-    from clapart_core.pipeline.params import phase_params
-
     try:
         data = phase_params(params, phase)["data"]
     except ValueError as err:
         raise PreflightError(str(err)) from None
     where = f"params.yaml: finetune.{phase}.data"
-    if data["source"] not in SUPPORTED_SOURCES:
-        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(SUPPORTED_SOURCES)}")
+    if data["source"] not in DATA_SOURCES:
+        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(DATA_SOURCES)}")
     if data["source"] != "demo" and not data.get("download") and not Path(data["root"]).is_dir():
         raise PreflightError(f"{where}.root = {data['root']!r} is not a folder (set download: true to fetch {data['source']})")

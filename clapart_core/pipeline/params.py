@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ import yaml
 #: model being fine-tuned, so nothing else can change.
 FINETUNE_SECTIONS = ("data", "train")
 
+#: the corpus readers of ``data.source`` (clapart_core/corpus/datasets.py); here so that the
+#: configure stage's preflight can check a setting without importing the corpus code
+DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
+
+#: the settings configure resolves for each token stage (clapart_core/pipeline/config.py)
+CONFIG_DIR = Path("data/config")
+
 
 def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     """Parse ``params.yaml`` into nested dicts (``yaml.safe_load``: no object construction)."""
@@ -29,6 +37,19 @@ def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ValueError(f"{path} must hold a mapping of parameter sections")
     return params
+
+
+def read_config(stage: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
+    """The settings the configure stage resolved for ``stage`` (``{config_dir}/{stage}.json``).
+
+    It lives here, not beside :func:`clapart_core.pipeline.config.resolve`, because ``resolve``
+    asks the encoder registry: a stage that only reads its settings (decode, codebooks) then
+    does not import every encoder.
+    """
+    path = config_dir / f"{stage}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the configure stage first (dvc repro configure)")
+    return json.loads(path.read_text())
 
 
 def resolve_device(name: str) -> str:

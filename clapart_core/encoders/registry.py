@@ -1,0 +1,330 @@
+"""The token types: each way this project turns audio into the discrete codes the captioner reads.
+
+``encoder.type`` in ``params.yaml`` names one entry of :data:`TOKEN_TYPES`. Everything that
+depends on it asks the entry: the settings ``configure`` resolves and checks
+(:mod:`clapart_core.pipeline.config`), the audio rate ``decode`` writes, the encoder ``features``
+rebuilds and what it extracts per split, the token metadata, and raw-audio captioning
+(:class:`clapart_core.captioner.inference.AudioToCodes`). A new token type is one entry here.
+
+================  =======  ==============  ==================================================
+type              rate     codes from      ``features`` writes per split
+================  =======  ==============  ==================================================
+beats_rvq         16 kHz   RVQ codebooks   BEATs patch features ``{split}.h5`` ([T, D] fp16);
+                                           ``tokenize`` quantises them with the fitted codebooks
+beats_tokenizer   16 kHz   the encoder     BEATs-AT codes ``{split}.parquet`` ([T, 1])
+encodec           24 kHz   the encoder     EnCodec codes ``{split}.parquet`` ([T, N], 16 at 12 kbps)
+================  =======  ==============  ==================================================
+
+Importing this module imports neither torch nor an encoder (the configure stage reads it in well
+under a second); the methods that run a model import its module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from clapart_core.encoders.spec import (
+    BEATS_FREQ_PATCHES,
+    BEATS_PATCH_RATE_HZ,
+    BEATS_SAMPLE_RATE,
+    CLAP_SAMPLE_RATE,
+    ENCODEC_SAMPLE_RATE,
+    checkpoint_or_random,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+# ``rvq`` below is a clapart_core.tokens.rvq.ResidualVQ, typed Any: importing that module, even for
+# type checking only, would make the features stage depend on the k-means code.
+
+__all__ = ["CLAP_SAMPLE_RATE", "TOKEN_TYPES", "Encoder", "TokenType", "encoder_from_spec", "encoder_record", "token_metadata", "token_type"]
+
+
+@dataclass(frozen=True)
+class TokenType:
+    """One token type: its settings and, in the subclasses, how its encoder is built and run.
+
+    Attributes:
+        name: ``encoder.type`` in params.yaml, ``encoder_type`` in the token metadata.
+        section: the params.yaml section holding its encoder's settings.
+        encoder_name: the ``name`` of the encoder in the token metadata.
+        sample_rate: Hz of the audio its encoder reads.
+        codebooks: True if its codes come from the fitted RVQ codebooks (the encoder gives features,
+            ``tokenize`` quantises them); False if they come straight from the encoder.
+        freq_patches: codes per time step along frequency (BEATs: 8 patches of 16 mel bins; EnCodec: 1).
+        checkpoint: what ``{section}.checkpoint`` names: a local ``file`` or a ``hub`` id / model dir.
+        checkpoint_hint: for a file, where to download it; for a hub id, an example.
+        batched: False if clips are encoded one at a time (``batch_size`` 1: padding would change codes).
+        bf16: whether its section has a ``bf16`` switch.
+        spec_keys: more section keys its spec records (they change the codes).
+    """
+
+    name: str
+    section: str
+    encoder_name: str
+    sample_rate: int
+    codebooks: bool
+    freq_patches: int
+    checkpoint: Literal["file", "hub"]
+    checkpoint_hint: str
+    batched: bool = True
+    bf16: bool = False
+    spec_keys: tuple[str, ...] = ()
+
+    @property
+    def suffix(self) -> str:
+        """The features stage's file per split: features HDF5 (quantised later) or token Parquet."""
+        return ".h5" if self.codebooks else ".parquet"
+
+    def features_config(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What ``configure`` writes to ``data/config/features.json``: the encoder spec and how it runs."""
+        s = params[self.section]
+        spec = {"checkpoint": s["checkpoint"], "random": s["random"], "seed": params["seed"], **{k: s[k] for k in self.spec_keys}}
+        return {
+            "type": self.name,
+            "encoder": spec,
+            "batch_size": s["batch_size"] if self.batched else 1,
+            "device": s["device"],
+            "bf16": s["bf16"] if self.bf16 else False,
+        }
+
+    # ----------------------------------------------------------------- model-facing, per subclass
+    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+        """The encoder ``spec`` names, on ``device`` (see :func:`encoder_from_spec`)."""
+        raise NotImplementedError
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        """One split: decoded audio -> ``out`` (:attr:`suffix`); returns the number of clips."""
+        raise NotImplementedError
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        """One clip -> ``[T, N]`` int16 codes (see :meth:`Encoder.codes`)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Encoder:
+    """A token type's encoder rebuilt from its spec (what :func:`encoder_from_spec` returns).
+
+    Attributes:
+        kind: its token type.
+        model: what runs: the ``BEATs`` / ``BEATsTokenizer`` module or an ``EncodecEncoder``.
+        weights: the module holding its parameters (fingerprinted into every artifact).
+        spec: how to rebuild exactly this encoder, as the artifacts record it.
+        pretrained: False for seeded random weights.
+        device: where it runs.
+    """
+
+    kind: TokenType
+    model: Any
+    weights: torch.nn.Module
+    spec: dict[str, Any]
+    pretrained: bool
+    device: str
+
+    def record(self) -> dict[str, Any]:
+        """The token metadata's ``encoder``: ``{name, spec, pretrained, weights_sha256}``."""
+        from clapart_core.pipeline.storage import model_fingerprint
+
+        return encoder_record(self.kind, self.spec, self.pretrained, model_fingerprint(self.weights))
+
+    def extract(
+        self,
+        audio_h5: Path,
+        out: Path,
+        *,
+        batch_size: int,
+        bf16: bool = False,
+        work_dir: Path | None = None,
+        keep_shards: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> int:
+        """The features stage's body for one split: decoded audio at :attr:`TokenType.sample_rate`
+        -> ``out``, features ``[T, D]`` (HDF5) or codes ``[T, N]`` (token Parquet) per clip.
+
+        ``extra`` adds keys to the file's metadata. Resumable: finished shards are kept in
+        ``work_dir`` (default ``{out}.parts``), removed at the end unless ``keep_shards``.
+        Returns the number of clips written.
+        """
+        run = {"batch_size": batch_size, "bf16": bf16, "work_dir": work_dir, "keep_shards": keep_shards}
+        return self.kind.extract(self, Path(audio_h5), Path(out), **run, extra=extra or {})
+
+    def codes(self, wave: np.ndarray, rvq: Any = None) -> np.ndarray:
+        """One clip ``[S]`` float32 in [-1, 1] at :attr:`TokenType.sample_rate` -> codes ``[T, N]``
+        int16, as the features (+ tokenize) stages make them. ``rvq``: the codebooks, for the
+        types whose codes come from them. Raises ValueError for a clip too short for one code."""
+        return self.kind.codes(self, wave, rvq)
+
+
+def encoder_record(kind: TokenType, spec: dict[str, Any], pretrained: bool, weights_sha256: str) -> dict[str, Any]:
+    """The ``encoder`` entry of the token metadata: which weights made the codes and how to rebuild them."""
+    return {"name": kind.encoder_name, "spec": spec, "pretrained": pretrained, "weights_sha256": weights_sha256}
+
+
+def token_metadata(
+    kind: TokenType, num_codebooks: int, codebook_size: int, encoder: dict[str, Any], *, codebooks: tuple[str, Any] | None = None, **more: Any
+) -> dict[str, Any]:
+    """The metadata of every token Parquet (:func:`clapart_core.pipeline.storage.write_tokens`):
+
+    ``{num_codebooks, codebook_size, [rvq_layers, codebooks_file, codebooks_fit,] encoder_type,
+    encoder, **more}``; ``train`` and ``score`` read only this, whatever the type.
+
+    Args:
+        encoder: :func:`encoder_record`.
+        codebooks: ``(file, fit info)`` of the RVQ codebooks, for types whose codes come from them
+            (their first ``num_codebooks`` layers were used).
+        more: e.g. the encoder's ``sample_rate`` and ``frame_rate_hz``.
+
+    The key order is part of the file's bytes, so it is fixed here.
+    """
+    meta: dict[str, Any] = {"num_codebooks": num_codebooks, "codebook_size": codebook_size}
+    if codebooks is not None:
+        meta.update(rvq_layers=num_codebooks, codebooks_file=codebooks[0], codebooks_fit=codebooks[1])
+    return {**meta, "encoder_type": kind.name, "encoder": encoder, **more}
+
+
+# --------------------------------------------------------------------------------------- BEATs
+class _Beats(TokenType):
+    """Both BEATs types: one clip's valid patches through the model, for captioning raw audio."""
+
+    def _wave(self, encoder: Encoder, wave: np.ndarray) -> tuple[torch.Tensor, int]:
+        import torch
+
+        from clapart_core.encoders.beats import num_patches
+
+        n = num_patches(len(wave))
+        if n == 0:
+            raise ValueError("shorter than one BEATs patch (0.175 s), nothing to caption")
+        return torch.from_numpy(wave)[None].to(encoder.device), n
+
+
+class _BeatsRvq(_Beats):
+    """BEATs patch features, quantised by ``tokenize`` with the residual k-means codebooks (the paper)."""
+
+    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+        from clapart_core.encoders.beats import load_beats, random_beats
+
+        model = checkpoint_or_random(spec, load_beats, random_beats, "BEATs").to(device)
+        return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        from clapart_core.encoders.beats_extract import extract_beats_features
+
+        # the spec lets `tokenize` and `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
+        record = encoder.record()
+        attrs = {"encoder": record["name"], "spec": record["spec"], "pretrained": record["pretrained"], "weights_sha256": record["weights_sha256"], **extra}
+        return extract_beats_features(
+            encoder.model, audio_h5, out, batch_size=batch_size, device=encoder.device, bf16=bf16, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards
+        )
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        import numpy as np
+
+        batch, n = self._wave(encoder, wave)
+        feats, _ = encoder.model.extract_features(batch)
+        return rvq.encode(feats[0, :n].float().cpu()).numpy().astype(np.int16)
+
+
+class _BeatsTokenizer(_Beats):
+    """The official BEATs acoustic tokenizer (BEATs-AT): one code of its codebook per patch."""
+
+    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+        from clapart_core.encoders.beats import load_beats_tokenizer, random_beats_tokenizer
+
+        model = checkpoint_or_random(spec, load_beats_tokenizer, random_beats_tokenizer, "BEATs tokenizer").to(device)
+        return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        from clapart_core.encoders.beats_extract import extract_beats_codes
+
+        size = int(encoder.model.config.quant_n)
+        meta = token_metadata(self, 1, size, encoder.record(), sample_rate=self.sample_rate, frame_rate_hz=BEATS_PATCH_RATE_HZ, **extra)
+        return extract_beats_codes(
+            encoder.model, audio_h5, out, metadata=meta, batch_size=batch_size, device=encoder.device, bf16=bf16, work_dir=work_dir, keep_shards=keep_shards
+        )
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        import numpy as np
+
+        batch, n = self._wave(encoder, wave)
+        return encoder.model.extract_labels(batch)[0, :n, None].cpu().numpy().astype(np.int16)
+
+
+# ------------------------------------------------------------------------------------- EnCodec
+class _Encodec(TokenType):
+    """EnCodec's residual-VQ codes at ``bandwidth`` kbps (the EnCLAP baseline)."""
+
+    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+        from clapart_core.encoders.encodec import load_encodec, random_encodec
+
+        codec = checkpoint_or_random(spec, lambda name: load_encodec(name, device), lambda cfg, seed: random_encodec(cfg, seed, device), "EnCodec")
+        # recorded: the merged random config (not the overrides), so the spec outlives a change of defaults
+        return Encoder(self, codec, codec.model, {**codec.spec, "bandwidth": float(spec["bandwidth"])}, codec.pretrained, device)
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        from clapart_core.encoders.encodec import extract_encodec_tokens
+
+        codec, bandwidth = encoder.model, encoder.spec["bandwidth"]
+        rates = {"sample_rate": codec.sample_rate, "frame_rate_hz": codec.frame_rate}
+        meta = token_metadata(self, codec.num_codebooks(bandwidth), codec.codebook_size, encoder.record(), **rates, **extra)
+        return extract_encodec_tokens(codec, audio_h5, out, bandwidth=bandwidth, metadata=meta, work_dir=work_dir, keep_shards=keep_shards)
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        import numpy as np
+
+        return encoder.model.encode(wave, encoder.spec["bandwidth"]).astype(np.int16)
+
+
+_BEATS_CHECKPOINTS = "the official checkpoint (microsoft/unilm on GitHub, beats/ README)"
+
+TOKEN_TYPES: dict[str, TokenType] = {
+    t.name: t
+    for t in (
+        _BeatsRvq(
+            "beats_rvq", section="beats", encoder_name="beats", sample_rate=BEATS_SAMPLE_RATE, codebooks=True, freq_patches=BEATS_FREQ_PATCHES,
+            checkpoint="file", checkpoint_hint=_BEATS_CHECKPOINTS, bf16=True,
+        ),
+        _BeatsTokenizer(
+            "beats_tokenizer", section="beats_tokenizer", encoder_name="beats_tokenizer", sample_rate=BEATS_SAMPLE_RATE, codebooks=False,
+            freq_patches=BEATS_FREQ_PATCHES, checkpoint="file", checkpoint_hint=_BEATS_CHECKPOINTS,
+        ),
+        _Encodec(
+            "encodec", section="encodec", encoder_name="encodec", sample_rate=ENCODEC_SAMPLE_RATE, codebooks=False, freq_patches=1,
+            checkpoint="hub", checkpoint_hint="facebook/encodec_24khz", batched=False, spec_keys=("bandwidth",),
+        ),
+    )
+}
+
+
+def token_type(name: str) -> TokenType:
+    """The entry of ``encoder.type`` = ``name``; ValueError naming the known types otherwise."""
+    if name not in TOKEN_TYPES:
+        raise ValueError(f"encoder.type={name!r} is not one of {', '.join(TOKEN_TYPES)}")
+    return TOKEN_TYPES[name]
+
+
+def encoder_from_spec(type_name: str, spec: dict[str, Any], device: str = "cpu") -> Encoder:
+    """Rebuild the encoder of token type ``type_name`` from its spec, on ``device``: the checkpoint
+    when the spec names one, else the seeded random model (:func:`clapart_core.encoders.spec.checkpoint_or_random`).
+
+    ``spec``: the features stage's ``encoder`` settings, or the ``encoder.spec`` a token file or a
+    model directory records (what raw-audio captioning rebuilds).
+
+    Raises:
+        ValueError: unknown type, or a spec naming neither a checkpoint nor a seed.
+        clapart_core.pipeline.checkpoints.CheckpointError: a BEATs checkpoint that is refused.
+        clapart_core.encoders.spec.ModelNotFoundError: a hub model that is not here.
+    """
+    return token_type(type_name).build(spec, device)
