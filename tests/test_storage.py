@@ -5,7 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, partial_path, read_tokens, write_tokens
+from clapart_core.pipeline.atomic import partial_path
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, read_tokens, write_tokens
 
 
 def test_ragged_round_trip_and_attrs(tmp_path):
