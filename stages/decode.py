@@ -2,10 +2,9 @@
 skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip). --phase NAME: the fine-tuning corpus."""
 
 import json
-from pathlib import Path
 
-from clapart_core.corpus.datasets import ManifestError, read_manifest
 from clapart_core.corpus.decoded import ClipDecodeError, DecodeReport, decode_split
+from clapart_core.corpus.manifest import ManifestError, read_manifest
 from clapart_core.pipeline import atomic
 from clapart_core.pipeline.config import read_config
 from clapart_core.pipeline.params import SPLITS, start_stage

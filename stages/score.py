@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from clapart_core.captioner.data import load_examples
-from clapart_core.corpus.datasets import read_manifest
+from clapart_core.corpus.manifest import read_manifest
 from clapart_core.captioner.generate import caption_examples, load_captioner
 from clapart_core.captioner.inference import read_frontend
 from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json

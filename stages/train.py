@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clapart_core.encoders.beats import CheckpointError
 from clapart_core.captioner.data import load_examples
-from clapart_core.corpus.datasets import read_manifest
+from clapart_core.corpus.manifest import read_manifest
 from clapart_core.captioner.inference import write_frontend
 from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.storage import read_tokens

@@ -180,7 +180,7 @@ def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
     # its corpus is read (a bad CSV found) before the first phase's long stages
     assert ran.index("ft_corpus@small") < ran.index("decode")
 
-    from clapart_core.corpus.datasets import read_manifest
+    from clapart_core.corpus.manifest import read_manifest
     from clapart_core.pipeline.storage import read_tokens
 
     main_ids = set(read_manifest(proj / "data/corpus/manifest.parquet")[0].column("clip_id").to_pylist())

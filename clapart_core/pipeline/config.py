@@ -135,7 +135,7 @@ def preflight(params: dict[str, Any]) -> list[str]:
 
 def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
     """A ``finetune.NAME`` entry must be a valid overlay whose corpus root exists (or is downloaded)."""
-    from clapart_core.corpus.datasets import SUPPORTED_SOURCES
+    from clapart_core.pipeline.params import DATA_SOURCES as SUPPORTED_SOURCES
     from clapart_core.pipeline.params import phase_params
 
     try:
