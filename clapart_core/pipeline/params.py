@@ -1,5 +1,7 @@
-"""Reading ``params.yaml`` (the one place every stage's settings come from) and where each
-training phase keeps its artifacts."""
+"""Reading ``params.yaml`` (the one place every stage's settings come from), overlaying params
+(:func:`merge_params`: fine-tuning phases, test and bench profiles, model defaults), the names
+every stage shares (:data:`SPLITS`, :data:`DATA_SOURCES`) and where each training phase keeps
+its artifacts (:class:`Workspace`)."""
 
 from __future__ import annotations
 
