@@ -135,7 +135,8 @@ def _place(source: Path, target: Path, how: str) -> None:
     Two processes may set up the same cache concurrently (parallel ``dvc exp run`` jobs): each
     links under its own temporary name (``shared``), and neither ever sees a half-written jar.
     """
-    with atomic_path(target, shared=True) as tmp:
+    # no fsync: a link has no data of its own, and fsync would open the installed jar through it
+    with atomic_path(target, shared=True, fsync=False) as tmp:
         if how == "link":
             try:
                 tmp.symlink_to(source.resolve())
