@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from bench.common import line
+from clapart_core.pipeline.params import merge_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,11 +40,6 @@ TINY = {
     "generate": {"num_beams": 2, "max_length": 20},
 }
 
-
-def _merge(base: dict, over: dict) -> dict:
-    for key, value in over.items():
-        base[key] = _merge(base[key], value) if isinstance(value, dict) else value
-    return base
 
 
 def _env() -> dict[str, str]:
@@ -75,7 +71,7 @@ def make_project(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     (dest / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
         _run(args, dest)

@@ -3,7 +3,10 @@ With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NA
 
 from pathlib import Path
 
-from clapart_core.corpus.datasets import DatasetDownloadError, ManifestError, build_manifest, write_manifest
+from clapart_core.corpus.build import build_manifest
+from clapart_core.corpus.download import DatasetDownloadError
+from clapart_core.corpus.manifest import ManifestError, write_manifest
+from clapart_core.corpus.sources import AAC_DEFAULTS
 from clapart_core.pipeline.params import start_stage
 
 if __name__ == "__main__":
@@ -14,7 +17,7 @@ if __name__ == "__main__":
         options = {"n_clips": data["demo"]["n_clips"], "clip_seconds": data["demo"]["clip_seconds"], "seed": seed}
     else:
         options = dict(data.get(source) or {})
-    download = {"download": data["download"]} if source in ("clotho", "audiocaps") else {}
+    download = {"download": data["download"]} if source in AAC_DEFAULTS else {}
     try:
         table = build_manifest(source, Path(data["root"]), strict=data["strict"], allow_unlisted=data["allow_unlisted"], **download, **options)
     except (ManifestError, DatasetDownloadError, ValueError) as err:

@@ -2,12 +2,11 @@
 skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip). --phase NAME: the fine-tuning corpus."""
 
 import json
-from pathlib import Path
 
-from clapart_core.corpus.datasets import ManifestError, read_manifest
 from clapart_core.corpus.decoded import ClipDecodeError, DecodeReport, decode_split
-from clapart_core.pipeline.params import read_config, start_stage
-from clapart_core.pipeline.storage import SPLITS
+from clapart_core.corpus.manifest import ManifestError, read_manifest
+from clapart_core.pipeline import atomic
+from clapart_core.pipeline.params import SPLITS, read_config, start_stage
 
 if __name__ == "__main__":
     _, ws = start_stage("decode")
@@ -22,5 +21,4 @@ if __name__ == "__main__":
             decode_split(manifest, root, split, ws.audio, cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
     except ClipDecodeError as err:
         raise SystemExit(f"error: decode: {err} (set decode.on_error: skip to leave such clips out)") from None
-    ws.metrics.mkdir(parents=True, exist_ok=True)
-    (ws.metrics / "decode.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
+    atomic.write_text(ws.metrics / "decode.json", json.dumps(report.to_json(), indent=2) + "\n")

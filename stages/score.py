@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 from clapart_core.captioner.data import load_examples
 from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model_dir import load_captioner, read_frontend, read_summary
-from clapart_core.corpus.datasets import read_manifest
+from clapart_core.corpus.manifest import read_manifest
 from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.storage import read_tokens

@@ -9,7 +9,7 @@ from pathlib import Path
 from clapart_core.captioner.data import load_examples
 from clapart_core.captioner.model_dir import write_frontend
 from clapart_core.captioner.training import train_captioner
-from clapart_core.corpus.datasets import read_manifest
+from clapart_core.corpus.manifest import read_manifest
 from clapart_core.pipeline.checkpoints import CheckpointError
 from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.storage import read_tokens

@@ -459,7 +459,7 @@ def test_save_load_round_trip(tmp_path: Path, inp: dict[str, np.ndarray]) -> Non
     save_beats_checkpoint(tok, tmp_path / "tok.pt")
     tok_back = load_beats_tokenizer(tmp_path / "tok.pt")
     assert torch.equal(tok_back.extract_labels(wave), tok.extract_labels(wave))
-    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
 
 
 def test_official_file_round_trips_unchanged(tmp_path: Path) -> None:

@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import yaml
 
-from clapart_core.encoders.beats import random_beats
 from clapart_core.corpus.decoded import PCM_SCALE
 from clapart_core.encoders.beats_extract import extract_beats_features
+from clapart_core.pipeline.params import SPLITS, merge_params
 from clapart_core.pipeline.resume import plan_groups
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
@@ -37,7 +37,6 @@ TINY = {
     "beats": {"random": TINY_BEATS, "batch_size": 2},
     "rvq": {"max_layers": 4, "codebook_size": 16, "layers": 4, "kmeans": {"niter": 4, "max_samples": 2000}},
 }
-SPLITS = ("train", "val", "test")
 
 # Runs a stage module and SIGKILLs its own process at an exact point:
 #   replace N: just before the N-th rename of a "*.partial" file (a shard, key.json or the final file)
@@ -70,11 +69,6 @@ sys.argv = [module]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
 
-
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return base
 
 
 def _env() -> dict[str, str]:
@@ -140,7 +134,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proj = tmp_path_factory.mktemp("crashproj")
     for name in ("clapart_core", "stages"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "configure", "decode"):
         _stage(proj, name)

@@ -1,4 +1,4 @@
-"""Tests for clapart_core.corpus.datasets: folder corpora, the demo source, and manifest files."""
+"""Tests for clapart_core.corpus (manifest, sources, build): folder corpora, the demo source, and manifest files."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
 
-from clapart_core.corpus.datasets import (
+from clapart_core.corpus.build import build_manifest
+from clapart_core.corpus.manifest import (
     MANIFEST_SCHEMA,
     ROOT_KEY,
     ManifestError,
-    build_manifest,
     corpus_report,
-    read_folder_corpus,
     read_manifest,
     resolve_audio_path,
-    scan_folder_corpus,
     write_manifest,
 )
+from clapart_core.corpus.sources import read_folder_corpus, scan_folder_corpus
 
 
 def _wav(path: Path, seconds: float, sr: int = 16000, channels: int = 1) -> None:

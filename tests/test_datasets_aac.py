@@ -15,20 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from clapart_core.corpus.datasets import (
-    MANIFEST_SCHEMA,
-    DatasetDownloadError,
-    ManifestError,
-    audiocaps_paths,
-    build_manifest,
-    clotho_paths,
-    corpus_report,
-    read_manifest,
-    resolve_audio_path,
-    scan_audiocaps_corpus,
-    scan_clotho_corpus,
-    write_manifest,
-)
+from clapart_core.corpus.build import build_manifest
+from clapart_core.corpus.download import DatasetDownloadError
+from clapart_core.corpus.manifest import MANIFEST_SCHEMA, ManifestError, corpus_report, read_manifest, resolve_audio_path, write_manifest
+from clapart_core.corpus.sources import audiocaps_paths, clotho_paths, scan_audiocaps_corpus, scan_clotho_corpus
 
 CLOTHO_HEADER = ["file_name", "caption_1", "caption_2", "caption_3", "caption_4", "caption_5"]
 AUDIOCAPS_HEADER = ["audiocap_id", "youtube_id", "start_time", "caption"]
@@ -160,7 +150,7 @@ def test_clotho_csv_encoding_quirks(clotho_root: Path, caplog: pytest.LogCapture
         [["door slam 01.wav", "A café door slams", "b", "c", "d", "e"]],
         encoding="iso-8859-1",
     )
-    with caplog.at_level(logging.WARNING, logger="clapart_core.corpus.datasets"):
+    with caplog.at_level(logging.WARNING, logger="clapart_core.corpus.sources"):
         table, _ = scan_clotho_corpus(clotho_root)
     caps = dict(zip(table.column("split").to_pylist(), table.column("captions").to_pylist(), strict=False))
     assert caps["val"][0] == "A café door slams"

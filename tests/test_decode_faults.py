@@ -103,7 +103,8 @@ def test_fail_mode_stops_at_the_first_bad_clip_with_one_line(corpus, tmp_path):
 
 def test_manifest_level_faults_are_clear(tmp_path):
     """Duplicate clip ids and empty captions are caught when the manifest is built."""
-    from clapart_core.corpus.datasets import ManifestError, read_folder_corpus
+    from clapart_core.corpus.manifest import ManifestError
+    from clapart_core.corpus.sources import read_folder_corpus
 
     sf.write(tmp_path / "a.wav", _tone(1.0, SR), SR)
     (tmp_path / "train.csv").write_text("file_name,caption_1,caption_2\na.wav,a tone,  \na.wav,again,x\n")

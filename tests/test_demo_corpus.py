@@ -15,7 +15,6 @@ from clapart_core.corpus.demo import (
     KINDS,
     LAYOUTS,
     LEVELS,
-    SPLITS,
     DemoClip,
     caption_vocabulary,
     demo_scenes,
@@ -23,6 +22,7 @@ from clapart_core.corpus.demo import (
     read_scenes,
     synthesize_clip,
 )
+from clapart_core.pipeline.params import SPLITS
 
 SR = 16000
 SECONDS = 4.0

@@ -23,6 +23,7 @@ import yaml
 from clapart_core.corpus.decoded import PCM_SCALE, audio_path
 from clapart_core.encoders.spec import BEATS_SAMPLE_RATE as BEATS_RATE
 from clapart_core.pipeline.config import write_configs
+from clapart_core.pipeline.params import merge_params
 from clapart_core.pipeline.storage import SPLITS, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,11 +57,6 @@ print(json.dumps({"first_step_loss": summary["first_step_loss"], "final_loss": s
 """
 
 
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return base
-
 
 def _project(root: Path) -> None:
     """Tiny decoded audio (tones + seeded noise, 1-1.5 s) and the configs configure would write."""
@@ -72,7 +68,7 @@ def _project(root: Path) -> None:
                 t = np.arange(int(BEATS_RATE * (1.0 + 0.1 * i))) / BEATS_RATE
                 wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.05 * rng.standard_normal(t.size)
                 w.append(f"{split}/clip{i}", np.round(wave * PCM_SCALE).astype(np.int16))
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     write_configs(params, root / "data/config")
 

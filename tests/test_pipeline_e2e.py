@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import yaml
 
+from clapart_core.pipeline.params import merge_params
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
@@ -31,11 +33,6 @@ TINY = {
     "generate": {"num_beams": 2, "max_length": 20},
 }
 
-
-def _merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = _merge(base[k], v) if isinstance(v, dict) else v
-    return base
 
 
 def _run(args: list[str], cwd: Path) -> str:
@@ -60,7 +57,7 @@ def project(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, proj / name)
     (proj / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], proj)
     _run(["git", "add", "-A"], proj)
@@ -163,7 +160,7 @@ def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
         shutil.copy(ROOT / name, proj / name)
     (proj / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
-    params = _merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     params["model"]["use_clap"] = False  # keeps the run short; the CLAP chain is covered above
     # lr 0 leaves the weights as loaded, so the fine-tuned model must equal data/model bitwise
     params["finetune"] = {
@@ -183,7 +180,7 @@ def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
     # its corpus is read (a bad CSV found) before the first phase's long stages
     assert ran.index("ft_corpus@small") < ran.index("decode")
 
-    from clapart_core.corpus.datasets import read_manifest
+    from clapart_core.corpus.manifest import read_manifest
     from clapart_core.pipeline.storage import read_tokens
 
     main_ids = set(read_manifest(proj / "data/corpus/manifest.parquet")[0].column("clip_id").to_pylist())

@@ -24,7 +24,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from clapart_core.corpus.datasets import MANIFEST_SCHEMA, ROOT_KEY, ManifestError, read_manifest
+from clapart_core.corpus.manifest import MANIFEST_SCHEMA, ROOT_KEY, ManifestError, read_manifest
 from clapart_core.pipeline.config import write_configs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,11 +1,16 @@
-"""Ragged HDF5 and token Parquet formats: round trips, schemas, crash safety."""
+"""Ragged HDF5 and token Parquet formats: round trips, schemas, crash safety; file modes of atomic writes."""
+
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, partial_path, read_tokens, write_tokens
+from clapart_core.corpus.manifest import MANIFEST_SCHEMA, with_metadata, write_manifest
+from clapart_core.pipeline.atomic import partial_path
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, read_tokens, write_tokens
+from clapart_core.scoring.metrics import write_scores_json
 
 
 def test_ragged_round_trip_and_attrs(tmp_path):
@@ -52,7 +57,7 @@ def test_tokens_round_trip_schema_and_metadata(tmp_path):
     assert schema.field("n_frames").type == pa.int32()
     t = read_tokens(path)
     assert t.clip_ids == [c for c, _ in items] and t.metadata == meta
-    for (_, want), got in zip(items, t.codes):
+    for (_, want), got in zip(items, t.codes, strict=True):
         np.testing.assert_array_equal(got, want)
     n_frames = pq.read_table(path).column("n_frames").to_pylist()
     assert n_frames == [c.shape[0] for _, c in items]
@@ -87,3 +92,19 @@ def test_reader_streams_direct_chunks_and_falls_back_to_slices(tmp_path):
             for (_, got), want in zip(r, clips, strict=True):
                 np.testing.assert_array_equal(got, want)
             np.testing.assert_array_equal(r.rows(pick), flat[pick])
+
+
+def test_manifest_and_scores_get_the_umask_mode(tmp_path):
+    """Atomic writes create their temporary file with open(), so the result has the user's umask
+    (``tempfile.mkstemp`` made manifests and scores 0600, unreadable to a group sharing the results)."""
+    rows = {"clip_id": ["a"], "split": ["train"], "audio_path": ["a.wav"], "captions": [["a dog barks"]], "duration_s": [1.0]}
+    table = with_metadata(pa.table(rows, schema=MANIFEST_SCHEMA), root="corpus", source="folder", report=None)
+    old = os.umask(0o027)
+    try:
+        write_manifest(table, tmp_path / "data/manifest.parquet")
+        write_scores_json({"cider_d": 0.5}, tmp_path / "metrics/scores.json")
+    finally:
+        os.umask(old)
+    for path in (tmp_path / "data/manifest.parquet", tmp_path / "metrics/scores.json"):
+        assert oct(path.stat().st_mode & 0o777) == oct(0o640), path
+        assert not partial_path(path).exists()

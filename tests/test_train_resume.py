@@ -252,7 +252,7 @@ def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> N
     last.pt exits with one `error: train: ...` line, and the payload does not run."""
     import pyarrow as pa
 
-    from clapart_core.corpus.datasets import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
+    from clapart_core.corpus.manifest import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
     from clapart_core.pipeline.storage import write_tokens
 
     examples = {"train": toy_examples(4, 0), "val": toy_examples(2, 1)}

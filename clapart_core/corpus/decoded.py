@@ -125,7 +125,7 @@ def decode_split(
     """
     # imported here so that stages which only *read* decoded audio do not depend on the decoders
     from clapart_core.corpus.audio import AudioDecodeError
-    from clapart_core.corpus.datasets import resolve_audio_path
+    from clapart_core.corpus.manifest import resolve_audio_path
 
     if on_error not in ("fail", "skip"):
         raise ValueError(f"decode.on_error must be 'fail' or 'skip', got {on_error!r}")

@@ -32,7 +32,7 @@ Everything is seeded per clip from ``SeedSequence(seed, spawn_key=(0, i))``, so 
 byte-identical for a seed, and clip *i* does not depend on ``n_clips``. Splits are assigned at
 random (seeded) but stratified by layout, so every split has the same mix of scene types.
 
-Output is exactly the ``folder`` corpus layout (see :mod:`clapart_core.corpus.datasets`):
+Output is exactly the ``folder`` corpus layout (see :mod:`clapart_core.corpus.sources`):
 ``root/audio/{split}/demo_NNNNN.wav`` (16-bit PCM), ``root/{train,val,test}.csv`` with columns
 ``file_name, caption_1..caption_5``, plus ``root/scenes.json`` with the ground-truth events.
 """
@@ -50,6 +50,8 @@ from pathlib import Path
 import numpy as np
 from scipy.signal import butter, sosfilt
 
+from clapart_core.pipeline.params import SPLITS
+
 __all__ = [
     "BACKGROUND_KINDS",
     "COUNTED_KINDS",
@@ -57,7 +59,6 @@ __all__ = [
     "KINDS",
     "LAYOUTS",
     "LEVELS",
-    "SPLITS",
     "DemoClip",
     "DemoEvent",
     "caption_vocabulary",
@@ -67,7 +68,6 @@ __all__ = [
     "synthesize_clip",
 ]
 
-SPLITS: tuple[str, str, str] = ("train", "val", "test")
 KINDS: tuple[str, ...] = (
     "beep", "hum", "siren", "rain", "rumble", "clock", "clicking", "knock", "chirp", "bark",
 )
@@ -363,7 +363,7 @@ def _assign_splits(layouts: list[str], splits: tuple[float, float, float], seed:
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(1,)))
     order: list[int] = []
     for layout in LAYOUTS:
-        members = [i for i, l in enumerate(layouts) if l == layout]
+        members = [i for i, name in enumerate(layouts) if name == layout]
         order.extend(int(members[j]) for j in rng.permutation(len(members)))
     fracs = np.asarray(splits, dtype=np.float64)
     counts = np.zeros(3)

@@ -66,7 +66,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clapart_core.encoders.fbank import FBANK_MEAN, FBANK_STD, NUM_MEL_BINS, beats_fbank, num_frames
+from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 PaddingSemantics = Literal["alone", "official"]
@@ -823,15 +823,8 @@ def save_beats_checkpoint(model: BEATs | BEATsTokenizer, path: str | os.PathLike
     }
     if getattr(model, "label_dict", None):
         ckpt["label_dict"] = dict(model.label_dict)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(ckpt, f)
 
 
 # ---------------------------------------------------------------------------------- random weights

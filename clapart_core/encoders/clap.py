@@ -24,6 +24,9 @@ import numpy as np
 import torch
 
 from clapart_core.encoders.spec import ModelNotFoundError, checkpoint_or_random
+from clapart_core.pipeline.params import merge_params
+
+log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -90,18 +93,11 @@ class ClapEncoder:
         return emb.cpu().numpy()
 
 
-def _merge(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in (overrides or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def random_clap(overrides: dict[str, Any] | None = None, seed: int = 0) -> ClapEncoder:
     """A seeded, randomly initialised ``ClapModel`` of the real architecture at a small size."""
     from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
 
-    cfg = _merge(RANDOM_CLAP_DEFAULTS, overrides)
+    cfg = merge_params(RANDOM_CLAP_DEFAULTS, overrides)
     config = ClapConfig(
         audio_config=ClapAudioConfig(projection_dim=cfg["projection_dim"], **cfg["audio"]).to_dict(),
         text_config=ClapTextConfig(projection_dim=cfg["projection_dim"], **cfg["text"]).to_dict(),

@@ -35,15 +35,18 @@ def _fsync(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, fsync: bool = True, shared: bool = False) -> Iterator[Path]:
     """Yield the temporary path to write ``path`` through; rename it into place on success.
 
     The body writes the temporary file by any means (h5py, pyarrow, ``torch.save`` …). On an
-    exception the temporary file is removed and ``path`` is left as it was.
+    exception the temporary file is removed and ``path`` is left as it was. ``shared``: other
+    processes may write ``path`` at the same moment (a cache shared by parallel runs), so the
+    temporary name carries the process id (``<name>.<pid>.partial``) and no writer removes
+    another's; the last rename wins.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = partial_path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}{PARTIAL_SUFFIX}") if shared else partial_path(path)
     tmp.unlink(missing_ok=True)
     try:
         yield tmp

@@ -1,16 +1,25 @@
-"""Reading ``params.yaml`` (the one place every stage's settings come from) and where each
-training phase keeps its artifacts."""
+"""Reading ``params.yaml`` (the one place every stage's settings come from), overlaying params
+(:func:`merge_params`: fine-tuning phases, test and bench profiles, model defaults), the names
+every stage shares (:data:`SPLITS`, :data:`DATA_SOURCES`) and where each training phase keeps
+its artifacts (:class:`Workspace`)."""
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+#: the corpus splits, in the order every stage walks them (one artifact file per split)
+SPLITS: tuple[str, str, str] = ("train", "val", "test")
+#: the values of ``data.source``: the synthetic demo, a folder of CSVs, Clotho or AudioCaps
+DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
 
 #: the sections of a ``finetune.NAME`` entry, overlaid on the top-level ones: the fine-tuning
 #: corpus and its training recipe. Both are required (``train: {}`` keeps the first phase's
@@ -19,7 +28,7 @@ import yaml
 #: model being fine-tuned, so nothing else can change.
 FINETUNE_SECTIONS = ("data", "train")
 
-#: the corpus readers of ``data.source`` (clapart_core/corpus/datasets.py); here so that the
+#: the corpus readers of ``data.source`` (clapart_core/corpus/sources.py); here so that the
 #: configure stage's preflight can check a setting without importing the corpus code
 DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
 
@@ -132,15 +141,20 @@ class Workspace:
         return None if self.phase is None else Path("data/model")
 
 
-def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``base`` with ``overlay`` merged in recursively (overlay wins; neither is modified)."""
-    out = copy.deepcopy(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
+def merge_params(base: Mapping[str, Any], overlay: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``overlay`` merged in recursively, as new plain dicts (neither is modified).
+
+    Mappings merge key by key; anything else in ``overlay`` wins, lists whole (never merged
+    item by item) and ``None`` included. Keys keep ``base``'s order, new ones follow. Values
+    are kept as given (``allow_objects``: a YAML date stays a date; tuples become lists). A
+    mapping and a list under one key cannot be merged: that raises ``ValueError``.
+    """
+    flags = {"allow_objects": True}
+    try:
+        merged = OmegaConf.merge(OmegaConf.create(dict(base), flags=flags), OmegaConf.create(dict(overlay or {}), flags=flags))
+    except OmegaConfBaseException as err:
+        raise ValueError(f"cannot overlay these params ({' '.join(str(err).split())})") from None
+    return OmegaConf.to_container(merged)
 
 
 def phase_params(params: dict[str, Any], phase: str | None) -> dict[str, Any]:
@@ -165,7 +179,7 @@ def phase_params(params: dict[str, Any], phase: str | None) -> dict[str, Any]:
     missing = [key for key in FINETUNE_SECTIONS if not isinstance(overlay.get(key), dict)]
     if missing:
         raise ValueError(f"params.yaml: finetune.{phase} needs a mapping for {', '.join(missing)} (`train: {{}}` keeps the first phase's recipe)")
-    return _merge(params, overlay)
+    return merge_params(params, overlay)
 
 
 def start_stage(name: str, path: Path | str = "params.yaml", argv: list[str] | None = None) -> tuple[dict[str, Any], Workspace]:

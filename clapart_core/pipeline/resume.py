@@ -3,7 +3,8 @@ work directory, so a run that was killed recomputes only the groups it had not f
 
 Why shards and not appending to the half-written output: HDF5 keeps metadata in memory until
 the file is closed, so a ``.partial`` killed mid-write may not open at all. A shard is a small
-``.npz`` written under a temporary name and renamed, so a shard that exists is complete.
+``.npz`` written under a temporary name and renamed (:mod:`clapart_core.pipeline.atomic`), so a
+shard that exists is complete.
 
 Work directory layout::
 
@@ -39,6 +40,8 @@ from typing import Any
 
 import numpy as np
 from tqdm import tqdm
+
+from clapart_core.pipeline import atomic
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +138,7 @@ class ShardedRun:
             shutil.rmtree(self.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         if not key_file.is_file():
-            _write_atomic(key_file, lambda f: f.write(self.key.encode()))
+            atomic.write_text(key_file, self.key)
         done = [g for g in range(len(self.groups)) if self._shard(g).is_file()]
         if done:
             clips = sum(len(self._expected[g]) for g in done)
@@ -188,7 +191,9 @@ class ShardedRun:
         offsets = np.concatenate([[0], np.cumsum([a.shape[0] for a in arrays])]).astype(np.int64)
         data = np.concatenate(arrays)
         ids = np.array([cid for cid, _ in items], dtype=str)
-        _write_atomic(self._shard(g), lambda f: np.savez(f, clip_ids=ids, offsets=offsets, data=data))
+        # an open file, not a name: np.savez appends ".npz" to a name without it (".partial")
+        with atomic.atomic_path(self._shard(g)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, clip_ids=ids, offsets=offsets, data=data)
 
 
 def discard(work_dir: Path | str) -> None:
@@ -196,13 +201,3 @@ def discard(work_dir: Path | str) -> None:
     if Path(work_dir).exists():
         log.info("removing the finished shards in %s", work_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def _write_atomic(path: Path, write: Callable[[Any], object]) -> None:
-    """Write through ``write(file)`` to ``path.partial``, flush it to disk, rename onto ``path``."""
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())  # the rename must not outlive the data (power loss, not just SIGKILL)
-    os.replace(tmp, path)

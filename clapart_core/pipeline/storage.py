@@ -14,8 +14,9 @@ the training loader) walk clips in file order: one chunked dataset streams conti
 Chunks are ``chunk_rows`` rows of the full row width, so reading one clip touches only the
 chunks it spans.
 
-Crash safety: writers write ``<name>.partial`` and ``os.replace`` it onto the final name only
-after the offsets and ids are written, so a killed stage never leaves a file that looks complete.
+Crash safety: writers write through :func:`clapart_core.pipeline.atomic.atomic_path`
+(``<name>.partial``, renamed onto the final name only after the offsets and ids are written), so
+a killed stage never leaves a file that looks complete.
 
 **Token Parquet**: ``clip_id: string, n_frames: int32, codes: list<list<int16>>`` (``[T, N]``),
 with file metadata (``clapart.*`` keys) naming the codebook file and ``rvq.layers``.
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,16 +36,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+# partial_path and SPLITS are re-exported: the stages import them with the artifact formats
+from clapart_core.pipeline.atomic import PARTIAL_SUFFIX, atomic_path
+from clapart_core.pipeline.atomic import partial_path as partial_path
+from clapart_core.pipeline.params import SPLITS as SPLITS
+
 if TYPE_CHECKING:
     import torch
-
-
-SPLITS = ("train", "val", "test")
-
-
-def partial_path(path: Path) -> Path:
-    """Temporary name a writer uses until the artifact is complete."""
-    return path.with_name(path.name + ".partial")
 
 
 class RaggedWriter:
@@ -81,11 +78,9 @@ class RaggedWriter:
         self._offsets: list[int] = [0]
         self._file: h5py.File | None = None
 
-    def __enter__(self) -> "RaggedWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_path(self.path)
-        tmp.unlink(missing_ok=True)
-        self._file = h5py.File(tmp, "w")
+    def __enter__(self) -> RaggedWriter:
+        self._atomic = atomic_path(self.path)
+        self._file = h5py.File(self._atomic.__enter__(), "w")
         self._data = self._file.create_dataset(
             "data",
             shape=(0, *self.row_shape),
@@ -112,10 +107,9 @@ class RaggedWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._file is not None
-        tmp = partial_path(self.path)
         if exc_type is not None:
             self._file.close()
-            tmp.unlink(missing_ok=True)
+            self._atomic.__exit__(exc_type, exc, tb)  # removes the temporary file
             return
         self._file.create_dataset("offsets", data=np.asarray(self._offsets, dtype=np.int64))
         self._file.create_dataset("clip_ids", data=np.asarray(self._ids, dtype=object), dtype=h5py.string_dtype())
@@ -123,7 +117,7 @@ class RaggedWriter:
             value = value.item() if isinstance(value, np.generic) else value  # e.g. attrs copied from a reader
             self._file.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
         self._file.close()
-        os.replace(tmp, self.path)
+        self._atomic.__exit__(None, None, None)  # renames it into place
 
 
 class RaggedReader:
@@ -180,7 +174,7 @@ class RaggedReader:
         sorted_idx = index[order]
         blocks = sorted_idx // block
         uniq, first = np.unique(blocks, return_index=True)
-        for b, lo, hi in zip(uniq, first, [*first[1:], len(blocks)]):
+        for b, lo, hi in zip(uniq, first, [*first[1:], len(blocks)], strict=True):
             sel = np.arange(lo, hi)
             start = int(b) * block
             data = self._read_rows(start, min(start + block, self.data.shape[0]))
@@ -223,7 +217,7 @@ class RaggedReader:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "RaggedReader":
+    def __enter__(self) -> RaggedReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -276,18 +270,9 @@ def write_tokens(path: Path | str, items: Iterable[tuple[str, np.ndarray]], meta
     for key in ("num_codebooks", "codebook_size"):
         if key not in metadata:
             raise ValueError(f"token metadata needs {key!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     schema = TOKENS_SCHEMA.with_metadata({f"clapart.{k}": json.dumps(v) for k, v in metadata.items()})
-    tmp = partial_path(path)
-    n = 0
-    try:
-        n = _write_token_batches(tmp, schema, items, metadata, batch)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return n
+    with atomic_path(path) as tmp:
+        return _write_token_batches(tmp, schema, items, metadata, batch)
 
 
 def _write_token_batches(tmp: Path, schema: pa.Schema, items: Iterable[tuple[str, np.ndarray]], metadata: dict[str, Any], batch: int) -> int:
@@ -308,7 +293,8 @@ def _write_token_batches(tmp: Path, schema: pa.Schema, items: Iterable[tuple[str
 
         for clip_id, c in items:
             if c.ndim != 2 or c.shape[1] != metadata["num_codebooks"]:
-                raise ValueError(f"{tmp.name.removesuffix('.partial')}: codes of {clip_id!r} have shape {c.shape}, expected [T, {metadata['num_codebooks']}]")
+                name = tmp.name.removesuffix(PARTIAL_SUFFIX)
+                raise ValueError(f"{name}: codes of {clip_id!r} have shape {c.shape}, expected [T, {metadata['num_codebooks']}]")
             ids.append(clip_id)
             codes.append(c)
             n += 1
@@ -335,7 +321,7 @@ def read_tokens(path: Path | str) -> TokenTable:
     return TokenTable(table.column("clip_id").to_pylist(), codes, meta)
 
 
-def model_fingerprint(model: "torch.nn.Module") -> str:
+def model_fingerprint(model: torch.nn.Module) -> str:
     """Short SHA-256 of all parameters: records in artifacts exactly which weights ran."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

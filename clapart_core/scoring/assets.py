@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from clapart_core.pipeline.atomic import atomic_path
+
 # aac-metrics 0.5.4 ``utils/checks.py``: MIN_JAVA_MAJOR_VERSION = 8, MAX_JAVA_MAJOR_VERSION = 13.
 MIN_JAVA_MAJOR = 8
 MAX_JAVA_MAJOR = 13
@@ -128,26 +130,24 @@ def pycocoevalcap_dir() -> Path:
 
 
 def _place(source: Path, target: Path, how: str) -> None:
-    """Create ``target`` from ``source`` atomically (a temporary name, then ``os.replace``).
+    """Create ``target`` from ``source`` atomically (a temporary name, then a rename).
 
-    The temporary-name dance keeps two processes setting up the same cache concurrently
-    (parallel ``dvc exp run`` jobs) from ever seeing a half-written jar.
+    Two processes may set up the same cache concurrently (parallel ``dvc exp run`` jobs): each
+    links under its own temporary name (``shared``), and neither ever sees a half-written jar.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    if how == "link":
-        try:
-            tmp.symlink_to(source.resolve())
-        except OSError:
-            # Filesystems/OSes without symlinks (Windows without developer mode) get a copy.
-            shutil.copyfile(source, tmp)
-    else:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    # no fsync: a link has no data of its own, and fsync would open the installed jar through it
+    with atomic_path(target, shared=True, fsync=False) as tmp:
+        if how == "link":
+            try:
+                tmp.symlink_to(source.resolve())
+            except OSError:
+                # Filesystems/OSes without symlinks (Windows without developer mode) get a copy.
+                shutil.copyfile(source, tmp)
+        else:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                shutil.copyfile(source, tmp)
 
 
 def spice_missing_files(cache_path: str | Path | None = None) -> tuple[str, ...]:

@@ -25,7 +25,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from clapart_core.pipeline import atomic
 from clapart_core.scoring.assets import (
     AssetStatus,
     JavaNotFoundError,
@@ -638,23 +638,10 @@ def read_references_csv(path: Path) -> dict[str, list[str]]:
     return out
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file + rename so a killed run never leaves a truncated result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scores_json(scores: Mapping[str, Any], path: Path) -> Path:
     """Write scores (plus any extra keys the caller added) as indented JSON, atomically."""
     path = Path(path)
-    _atomic_write_text(path, json.dumps(dict(scores), indent=2, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(dict(scores), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -681,7 +668,7 @@ def write_per_clip_csv(rows: Sequence[Mapping[str, Any]], path: Path, sort_by: s
     for row in buf_rows:
         cells = [row[c] for c in columns]
         writer.writerow(["" if v is None else (f"{v:.6f}" if isinstance(v, float) else v) for v in cells])
-    _atomic_write_text(path, buf.getvalue())
+    atomic.write_text(path, buf.getvalue())
     return path
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from clapart_core.pipeline.atomic import atomic_path
+
 log = logging.getLogger(__name__)
 
 
@@ -254,16 +256,12 @@ def save_codebooks(path: Path | str, codebooks: np.ndarray, **meta: Any) -> None
     fit always yields the same bytes and DVC sees an unchanged output after a rerun.
     Written to a temporary name and renamed, so a killed stage leaves no complete-looking file.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"codebooks": np.ascontiguousarray(codebooks, dtype=np.float32), "meta": np.array(json.dumps(meta, sort_keys=True))}
-    tmp = path.with_name(path.name + ".partial")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
         for name, array in arrays.items():
             buf = io.BytesIO()
             np.lib.format.write_array(buf, array, allow_pickle=False)
             zf.writestr(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), buf.getvalue())
-    os.replace(tmp, path)
 
 
 def load_codebooks(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
