@@ -157,7 +157,7 @@ def main(quick: bool = False) -> Iterator[str]:
             "s",
             f"{times[name] / times['faiss']:.2f}x faster than {label} {times[name]:.1f} s, same init/iterations/sample",
         )
-    for name, label in (("faiss", "FAISS"), ("numpy", "numpy Lloyd"), ("torch", "torch GEMM Lloyd")):
+    for name in ("faiss", "numpy", "torch"):
         fit_err, held_err = err[name]
         note = f"held-out {held_err:.4f}"
         if name != "faiss":

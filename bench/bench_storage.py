@@ -48,7 +48,7 @@ def _write(root: Path, clips: int, rng: np.random.Generator) -> tuple[Path, Path
             f.write(feats.tobytes())
     codes = [rng.integers(0, 1024, (FRAMES, CODEBOOKS)).astype(np.int16) for _ in ids]
     parquet, raw_codes = root / "tokens.parquet", root / "tokens.bin"
-    write_tokens(parquet, zip(ids, codes), {"num_codebooks": CODEBOOKS, "codebook_size": 1024})
+    write_tokens(parquet, zip(ids, codes, strict=True), {"num_codebooks": CODEBOOKS, "codebook_size": 1024})
     np.concatenate(codes).tofile(raw_codes)
     return h5, raw, parquet, raw_codes, offsets, ids
 

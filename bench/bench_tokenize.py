@@ -49,7 +49,7 @@ def _faiss_encode(codebooks: np.ndarray, x: np.ndarray) -> np.ndarray:
         indexes.append(index)
     residual = x.copy()
     codes = np.empty((x.shape[0], len(codebooks)), dtype=np.int64)
-    for layer, (cb, index) in enumerate(zip(codebooks, indexes)):
+    for layer, (cb, index) in enumerate(zip(codebooks, indexes, strict=True)):
         _, idx = index.search(residual, 1)
         codes[:, layer] = idx[:, 0]
         residual -= cb[idx[:, 0]]

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from bench.common import line, set_threads
-from clapart_core.pipeline.params import load_params
 from clapart_core.captioner.data import CaptionExample, build_batch
 from clapart_core.captioner.training import _optimizer, build_captioner
+from clapart_core.pipeline.params import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
 BART_BASE = {"vocab_size": 50265, "codebook_size": 1024, "d_model": 768, "encoder_layers": 6, "decoder_layers": 6, "attention_heads": 12, "ffn_dim": 3072}

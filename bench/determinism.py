@@ -33,10 +33,10 @@ import numpy as np
 import torch
 import yaml
 
-from clapart_core.encoders.beats import random_beats
-from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks
 from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.training import train_captioner
+from clapart_core.encoders.beats import random_beats
+from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16_000

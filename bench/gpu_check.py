@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
-from clapart_core.captioner.generate import caption_examples
-from clapart_core.captioner.model_dir import load_captioner
-from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, import_faiss
 from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.generate import caption_examples
+from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
+from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.training import train_captioner
+from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, import_faiss
 
 
 def examples(n: int, frames: int, codebooks: int, k: int, seed: int) -> list[CaptionExample]:
@@ -36,7 +36,10 @@ def examples(n: int, frames: int, codebooks: int, k: int, seed: int) -> list[Cap
 
 
 def step_time(d_model: int, layers: int, heads: int, ffn: int, frames: int, batch: int, dtype: torch.dtype | None) -> float:
-    cfg = ClapArtConfig(bart=small_bart_config(vocab_size=50265, d_model=d_model, encoder_layers=layers, decoder_layers=layers, attention_heads=heads, ffn_dim=ffn, dropout=0.1, max_frames=1020), num_codebooks=16, codebook_size=1024)
+    bart = small_bart_config(
+        vocab_size=50265, d_model=d_model, encoder_layers=layers, decoder_layers=layers, attention_heads=heads, ffn_dim=ffn, dropout=0.1, max_frames=1020
+    )
+    cfg = ClapArtConfig(bart=bart, num_codebooks=16, codebook_size=1024)
     model = ClapArtForCaptioning(cfg).cuda().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     codes = torch.randint(0, 1024, (batch, frames, 16), device="cuda")
@@ -45,7 +48,7 @@ def step_time(d_model: int, layers: int, heads: int, ffn: int, frames: int, batc
     # MCM mask drawn on the CPU generator, as training does, then moved
     mcm = sample_mcm_mask(torch.ones(batch, frames, dtype=torch.bool), 16, 0.15, 10, torch.Generator().manual_seed(0)).cuda()
     times = []
-    for i in range(8):
+    for _ in range(8):
         torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
@@ -115,8 +118,14 @@ def main() -> None:
         print(line, flush=True)
     out = Path("/tmp/clapart_gpu_model")
     data = examples(256, 192, 16, 256, 0)
-    model_params = {"pretrained": None, "tokenizer": None, "vocab_size": 300, "codebook_size": 256, "d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 1024, "dropout": 0.1, "use_clap": True, "max_frames": 1020}
-    train_params = {"epochs": 4, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.01, "label_smoothing": 0.2, "grad_clip": 1.0, "mcm_weight": 0.7, "mcm_prob": 0.15, "mcm_span": 10, "device": "cuda", "bf16": True, "num_threads": 4}
+    model_params = {
+        "pretrained": None, "tokenizer": None, "vocab_size": 300, "codebook_size": 256, "d_model": 256, "encoder_layers": 3,
+        "decoder_layers": 3, "attention_heads": 4, "ffn_dim": 1024, "dropout": 0.1, "use_clap": True, "max_frames": 1020,
+    }
+    train_params = {
+        "epochs": 4, "batch_size": 32, "lr": 1e-3, "warmup_steps": 10, "weight_decay": 0.01, "label_smoothing": 0.2, "grad_clip": 1.0,
+        "mcm_weight": 0.7, "mcm_prob": 0.15, "mcm_span": 10, "device": "cuda", "bf16": True, "num_threads": 4,
+    }
     summary = train_captioner(data, data[:64], model_params=model_params, train_params=train_params, out_dir=out, live_dir=None, seed=1115)
     print(f"gpu_train_bf16_first_loss: {summary['first_step_loss']:.3f}", flush=True)
     print(f"gpu_train_bf16_val_losses: {', '.join(f'{v:.3f}' for v in summary['val_losses'])}", flush=True)
@@ -124,7 +133,7 @@ def main() -> None:
     model, tok = load_captioner(out)
     model = model.cuda()
     caps = caption_examples(model, tok, data[:8], num_beams=4)
-    right = sum(c.strip().lower().rstrip(".") == ex.captions[0] for c, ex in zip(caps, data[:8]))
+    right = sum(c.strip().lower().rstrip(".") == ex.captions[0] for c, ex in zip(caps, data[:8], strict=True))
     print(f"gpu_beam_search: {right}/8 captions exact ({caps[0]!r})", flush=True)
     for name, dims in (("demo", (256, 3, 4, 1024)), ("bart_base", (768, 6, 12, 3072))):
         times = {}

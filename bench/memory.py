@@ -101,7 +101,8 @@ def main() -> None:
         results[n] = {}
         for name in stages:
             m = results[n][name] = run_stage(project, name)
-            print(f"n_clips={n} {name}: peak RSS {m.peak:.0f} MiB (sampled: {m.first_half:.0f} first half, {m.second_half:.0f} second half), {m.wall:.0f} s", file=sys.stderr, flush=True)
+            sampled = f"sampled: {m.first_half:.0f} first half, {m.second_half:.0f} second half"
+            print(f"n_clips={n} {name}: peak RSS {m.peak:.0f} MiB ({sampled}), {m.wall:.0f} s", file=sys.stderr, flush=True)
         if args.keep:
             print(f"kept {project}", file=sys.stderr)
         else:

@@ -12,7 +12,7 @@ import json
 import runpy
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -56,8 +56,8 @@ def caption(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
 ) -> None:
     """Caption your own audio files with a trained model."""
-    from clapart_core.pipeline.checkpoints import CheckpointError
     from clapart_core.captioner.inference import CaptionPipeline
+    from clapart_core.pipeline.checkpoints import CheckpointError
 
     try:
         pipe = CaptionPipeline.from_model_dir(model, device=device)
@@ -96,9 +96,9 @@ def import_enclap(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
 ) -> None:
     """Import an EnCLAP checkpoint as a clapart model directory (EnCodec front end at EnCLAP's bandwidth)."""
-    from clapart_core.pipeline.checkpoints import CheckpointError
-    from clapart_core.encoders.clap import ModelNotFoundError
     from clapart_core.captioner.enclap_import import import_enclap as run_import
+    from clapart_core.encoders.clap import ModelNotFoundError
+    from clapart_core.pipeline.checkpoints import CheckpointError
 
     try:
         summary = run_import(
@@ -119,7 +119,7 @@ def import_enclap(
 def evaluate(
     predictions: Annotated[Path, typer.Option(help="CSV with file_name, caption_predicted.")],
     references: Annotated[Path, typer.Option(help="Clotho-style CSV: file_name, caption_1..caption_5.")],
-    out: Annotated[Optional[Path], typer.Option(help="Where to write the scores as JSON.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Where to write the scores as JSON.")] = None,
 ) -> None:
     """Score any caption file against references with the DCASE metrics."""
     from clapart_core.scoring.metrics import ScoringInputError, evaluate_files
@@ -154,11 +154,11 @@ def profile(
 
 @app.command()
 def results(
-    md: Annotated[Optional[Path], typer.Option(help="Write the table as Markdown here.")] = None,
-    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Write the table as CSV here.")] = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write the metric-vs-RVQ-layers plot (SVG) here.")] = None,
+    md: Annotated[Path | None, typer.Option(help="Write the table as Markdown here.")] = None,
+    csv_out: Annotated[Path | None, typer.Option("--csv", help="Write the table as CSV here.")] = None,
+    plot: Annotated[Path | None, typer.Option(help="Write the metric-vs-RVQ-layers plot (SVG) here.")] = None,
     phase: Annotated[str, typer.Option(help="Phase the plot shows: main, or finetune/NAME (e.g. finetune/clotho).")] = "main",
-    rev: Annotated[Optional[list[str]], typer.Option(help="Experiments derived from this commit (repeatable; default: HEAD).")] = None,
+    rev: Annotated[list[str] | None, typer.Option(help="Experiments derived from this commit (repeatable; default: HEAD).")] = None,
 ) -> None:
     """Gather all DVC experiments (dvc exp show) into one ablation table, and a plot against rvq.layers."""
     from clapart_core.scoring import report
@@ -181,7 +181,7 @@ def results(
 @app.command()
 def bench(
     quick: Annotated[bool, typer.Option(help="Small sizes, under a minute.")] = False,
-    only: Annotated[Optional[list[str]], typer.Option(help="Run only these benchmarks (e.g. bench_rvq); repeatable.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Run only these benchmarks (e.g. bench_rvq); repeatable.")] = None,
 ) -> None:
     """Run the benchmarks and print one line per figure with its ratio to the in-run baseline."""
     bench_dir = Path(__file__).resolve().parent.parent / "bench"

@@ -117,7 +117,7 @@ def test_alone_padding_masks_count_whole_time_patches(inp: dict[str, np.ndarray]
     assert (~frames).sum(1).tolist() == [98, 248, 368]
     assert (~patches).sum(1).tolist() == [num_patches(int(n)) for n in inp["lengths"]] == list(ALONE_PATCHES)
     # Valid patches are a prefix, and a subset of what the official reduction calls valid.
-    for row, n in zip(patches, ALONE_PATCHES):
+    for row, n in zip(patches, ALONE_PATCHES, strict=True):
         assert not row[:n].any() and row[n:].all()
     assert not (~patches & t(exp["padding_mask"])).any()
     _, short = padding_masks(t(inp["padding_mask_short"]))

@@ -31,7 +31,7 @@ def test_lloyd_baseline_starts_where_faiss_starts_and_never_gets_worse():
     km.train(x)
     np.testing.assert_array_equal(faiss_init(x, 16, 5), km.centroids)
     _, objective = lloyd_numpy(x, faiss_init(x, 16, 5), 8)
-    assert all(b <= a * (1 + 1e-6) for a, b in zip(objective, objective[1:]))
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(objective[:-1], objective[1:], strict=True))
     assert objective[-1] < objective[0]
 
 

@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from clapart_core.corpus.decoded import PCM_SCALE
+from clapart_core.encoders.beats import random_beats
 from clapart_core.encoders.beats_extract import extract_beats_features
 from clapart_core.pipeline.params import SPLITS, merge_params
 from clapart_core.pipeline.resume import plan_groups

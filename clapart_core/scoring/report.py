@@ -19,7 +19,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("run", "phase", "encoder.type", "rvq.layers", "model.use_clap", "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips")
+COLUMNS = (
+    "run", "phase", "encoder.type", "rvq.layers", "model.use_clap",
+    "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
+)
 SCORES = "metrics/scores.json"
 FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
 

@@ -203,7 +203,7 @@ class ResidualVQ:
         codes = torch.empty(flat.shape[0], self.num_layers, dtype=torch.long)
         for start in range(0, flat.shape[0], self.chunk):
             residual = flat[start : start + self.chunk].clone()
-            for layer, (cb, c_sq) in enumerate(zip(self.codebooks, self.c_sq)):
+            for layer, (cb, c_sq) in enumerate(zip(self.codebooks, self.c_sq, strict=True)):
                 idx = nearest(residual, cb, chunk=self.chunk, c_sq=c_sq)
                 codes[start : start + self.chunk, layer] = idx
                 residual -= cb[idx]
