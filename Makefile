@@ -1,6 +1,6 @@
 # Two entry points, both of which install first (idempotently) into ./.venv:
 #   make demo   install, then run the whole pipeline offline on the synthetic demo corpus
-#   make test   install, then run the test suite
+#   make test   install, then lint (ruff, configured in pyproject.toml) and run the test suite
 # TORCH is installed first and pinned so that pip never resolves an unpinned torch to a
 # multi-GB CUDA build on a CPU machine; override it for a GPU machine, e.g. TORCH=torch==2.13.0
 # with your CUDA index configured, and EXTRAS=gpu,test for faiss-gpu.
@@ -28,6 +28,7 @@ demo: install
 	$(BIN)/dvc metrics show
 
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install
