@@ -1,5 +1,6 @@
 """Stage `score`: beam-search captions (params `generate`) for the test split -> data/predictions/{test.csv, test_per_clip.csv};
-DCASE metrics (aac-metrics) + the constant-caption baseline -> metrics/scores.json.
+DCASE metrics (aac-metrics) -> metrics/scores.json (numbers: the DVC metric); what they are about (clip count,
+token type, what was pretrained, the constant-caption baseline, reasons for unavailable metrics) -> metrics/scores_notes.json.
 --phase NAME: the fine-tuned model on its corpus's test split -> metrics/finetune/NAME/scores.json."""
 
 import csv
@@ -13,7 +14,7 @@ from clapart_core.corpus.manifest import read_manifest
 from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.params import start_stage
 from clapart_core.pipeline.storage import read_tokens
-from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores_json
+from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores
 
 if __name__ == "__main__":
     params, ws = start_stage("score")
@@ -42,13 +43,14 @@ if __name__ == "__main__":
     train_captions = manifest.filter(pc.equal(manifest["split"], "train")).column("captions").to_pylist()
     baseline_caption, baseline_cider = constant_caption_baseline(train_captions, references)
     encoder, frontend = read_tokens(tokens).metadata["encoder"], read_frontend(ws.model)
-    scores.update(
+    write_scores(
+        scores,
+        ws.metrics / "scores.json",
         n_clips=len(test),
+        encoder_type=frontend["encoder_type"],
         encoder_pretrained=bool(encoder["pretrained"]),
         clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
         bart_pretrained=bool(read_summary(ws.model)["pretrained"]),
-        encoder_type=frontend["encoder_type"],
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,
     )
-    write_scores_json(scores, ws.metrics / "scores.json")

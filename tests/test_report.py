@@ -1,6 +1,11 @@
 """The ablation table and plot built from `dvc exp show --json`."""
 
-from clapart_core.scoring.report import collect_rows, to_markdown, write_csv, write_layers_svg
+from clapart_core.scoring.report import collect_rows, read_notes, to_markdown, write_csv, write_layers_svg
+
+
+def _notes(rev, scores_file):
+    """Side files of the fake runs: 60 test clips in the main phase, 1045 in the fine-tune."""
+    return {"n_clips": 1045 if "finetune" in scores_file else 60, "baseline_cider_d": 0.5}
 
 
 def _run(name, etype, layers, clap, cider, spider=None):
@@ -10,7 +15,7 @@ def _run(name, etype, layers, clap, cider, spider=None):
         "data": {
             "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers}, "model": {"use_clap": clap}}}},
             "metrics": {
-                "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1, "n_clips": 60}},
+                "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1}},
                 "metrics/decode.json": {"data": {"n_skipped": 0}},  # not a scores file: no row
             },
         },
@@ -33,7 +38,7 @@ EXP_SHOW = [
 
 
 def test_rows_dedupe_and_ignore_rvq_layers_for_other_types(tmp_path):
-    rows = collect_rows(EXP_SHOW)
+    rows = collect_rows(EXP_SHOW, notes=_notes)
     assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "enc"]
     enc = rows[-1]
     assert enc["encoder.type"] == "encodec" and enc["rvq.layers"] is None
@@ -55,7 +60,19 @@ def test_plot_uses_cider_without_spice_and_draws_each_clap_setting(tmp_path):
 
 def test_finetune_phases_get_their_own_rows():
     run = _run("paper", "beats_rvq", 16, True, 1.3)
-    run["data"]["metrics"]["metrics/finetune/clotho/scores.json"] = {"data": {"cider_d": 0.5, "n_clips": 1045}}
-    rows = collect_rows([{**run, "experiments": None}])
-    assert [(r["run"], r["phase"], r["cider_d"]) for r in rows] == [("paper", "main", 1.3), ("paper", "finetune/clotho", 0.5)]
+    run["data"]["metrics"]["metrics/finetune/clotho/scores.json"] = {"data": {"cider_d": 0.5}}
+    rows = collect_rows([{**run, "experiments": None}], notes=_notes)
+    assert [(r["run"], r["phase"], r["cider_d"], r["n_clips"]) for r in rows] == [
+        ("paper", "main", 1.3, 60), ("paper", "finetune/clotho", 0.5, 1045)
+    ]
     assert rows[1]["encoder.type"] == "beats_rvq" and rows[1]["n_clips"] == 1045
+
+
+def test_notes_come_from_the_side_file_of_each_run(tmp_path, monkeypatch):
+    """The workspace reads metrics/scores_notes.json from disk; a run without one gets empty cells."""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/scores_notes.json").write_text('{"n_clips": 60, "baseline_cider_d": 0.52}')
+    monkeypatch.chdir(tmp_path)
+    rows = collect_rows([{**_run("workspace", "beats_rvq", 16, True, 1.3), "rev": "workspace", "experiments": None}])
+    assert (rows[0]["n_clips"], rows[0]["baseline_cider_d"]) == (60, 0.52)
+    assert read_notes("f" * 40, "metrics/scores.json", cwd=tmp_path) == {}  # not a git repository: no notes

@@ -7,9 +7,11 @@ BLEU-1..4, METEOR 1.5, ROUGE-L, CIDEr-D, SPICE and SPIDEr (and FENSE / SPIDEr-FL
 models are on disk) are computed on the tokenised strings. What the Java programs need is set
 up offline by :mod:`clapart_core.scoring.assets`.
 
-Result contract (``metrics/scores.json``): the metric keys of :data:`ALL_METRICS`, a float or
-``None``; ``spice_unavailable`` (a sentence, or ``None`` when SPICE ran); and ``unavailable``
-(metric -> reason for every ``None``).
+Result contract of :func:`score`: the metric keys of :data:`ALL_METRICS`, a float or ``None``;
+``spice_unavailable`` (a sentence, or ``None`` when SPICE ran); and ``unavailable`` (metric ->
+reason for every ``None``). The score stage writes it as two files (:func:`write_scores`):
+``metrics/scores.json``, numbers only (a DVC metric), and ``metrics/scores_notes.json``, the
+context and the reasons.
 
 aac-metrics is imported lazily inside the functions: it pulls torch, transformers and
 sentence-transformers (~5 s), which ``--help`` and input validation should not pay.
@@ -641,6 +643,38 @@ def write_scores_json(scores: Mapping[str, Any], path: Path) -> Path:
     path = Path(path)
     atomic.write_text(path, json.dumps(dict(scores), indent=2, allow_nan=False) + "\n")
     return path
+
+
+def notes_path(scores_path: Path) -> Path:
+    """The side file of a scores file: ``scores.json`` -> ``scores_notes.json``."""
+    return Path(scores_path).with_name(Path(scores_path).stem + "_notes.json")
+
+
+def portable(text: str) -> str:
+    """``text`` with this machine's home and working directory written as ``~`` and ``.``, so a
+    committed file reads the same on every machine (the reasons name cache paths)."""
+    for prefix, short in ((str(Path.cwd()), "."), (str(Path.home()), "~")):
+        if prefix not in ("", "/"):
+            text = text.replace(prefix, short)
+    return text
+
+
+def write_scores(scores: Mapping[str, Any], path: Path, **context: Any) -> tuple[Path, Path]:
+    """The score stage's two files: ``path`` (the DVC metric) and its ``_notes.json`` side file.
+
+    ``path`` holds the metric values only: the core metrics (None where unavailable, e.g. SPICE
+    without CoreNLP) and FENSE / SPIDEr-FL where they were computed, so ``dvc metrics show`` and
+    ``dvc metrics diff`` compare numbers and fit a terminal. The side file (not a DVC metric)
+    holds what the numbers are about: ``context`` (clip count, token type, what was pretrained,
+    the constant-caption baseline …) and the reasons for every unavailable metric, with machine
+    paths made :func:`portable`.
+    """
+    values = {m: scores[m] for m in CORE_METRICS if m in scores}
+    values |= {m: scores[m] for m in OPTIONAL_METRICS if scores.get(m) is not None}
+    reasons = {m: portable(r) for m, r in (scores.get("unavailable") or {}).items()}
+    write_scores_json(values, path)
+    write_scores_json({**context, "unavailable": reasons}, notes_path(path))
+    return Path(path), notes_path(path)
 
 
 def write_per_clip_csv(rows: Sequence[Mapping[str, Any]], path: Path, sort_by: str = "cider_d") -> Path:

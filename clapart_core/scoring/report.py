@@ -15,9 +15,11 @@ import csv
 import json
 import re
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from clapart_core.scoring.metrics import notes_path
 
 COLUMNS = (
     "run", "phase", "encoder.type", "rvq.layers", "model.use_clap",
@@ -62,8 +64,28 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
-def collect_rows(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run and phase that has scores; duplicates of the same run (workspace = HEAD) are kept once."""
+#: the scores' context (clip count, baseline …) lives in a side file that is not a DVC metric
+NOTE_COLUMNS = ("baseline_cider_d", "n_clips")
+NotesReader = Callable[[str, str], dict[str, Any]]
+
+
+def read_notes(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
+    """The ``*_notes.json`` beside ``scores_file`` as run ``rev`` left it: from the working tree for
+    ``workspace``, else from git (DVC commits it with each experiment: it is a ``cache: false`` out);
+    ``{}`` where there is none (a run from before the side file existed)."""
+    path = notes_path(Path(scores_file)).as_posix()
+    if rev == "workspace":
+        file = (cwd or Path.cwd()) / path
+        return json.loads(file.read_text()) if file.is_file() else {}
+    out = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=cwd, capture_output=True, text=True)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes) -> list[dict[str, Any]]:
+    """One row per run and phase that has scores; duplicates of the same run (workspace = HEAD) are kept once.
+
+    ``notes(rev, scores_file)`` gives the side file of a run's scores (see :func:`read_notes`).
+    """
     rows, seen = [], set()
     for run in _runs(exp_show):
         data = run["data"]
@@ -81,7 +103,8 @@ def collect_rows(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "encoder.type": _get(params, "encoder.type"),
                 "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
                 "model.use_clap": _get(params, "model.use_clap"),
-                **{k: scores.get(k) for k in COLUMNS[5:]},
+                **{k: scores.get(k) for k in COLUMNS[5:] if k not in NOTE_COLUMNS},
+                **{k: notes(str(run.get("rev", "")), metrics_file).get(k) for k in NOTE_COLUMNS},
             }
             key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
             if key not in seen:
