@@ -137,3 +137,41 @@ def test_too_many_channels(tmp_path: Path) -> None:
     with pytest.raises(AudioDecodeError) as info:
         audio_info(path)
     assert info.value.reason == "bad_channels"
+
+
+def test_a_window_reads_only_its_frames_and_matches_the_whole_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_audio(start_seconds=, max_seconds=) is the whole file's slice (up to filter edges),
+    aligned to the sample, and reads only the window plus a 0.05 s margin from the file."""
+    rng = np.random.default_rng(0)
+    x = (0.3 * rng.standard_normal((44100 * 6, 2))).astype(np.float32)
+    path = tmp_path / "long.wav"
+    sf.write(path, x, 44100, subtype="FLOAT")
+    whole = load_audio(path, 16000)
+    reads: list[tuple[int, int]] = []
+    real_read = sf.read
+
+    def spy(*args, **kwargs):
+        reads.append((kwargs["start"], kwargs["stop"]))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(sf, "read", spy)
+    window = load_audio(path, 16000, max_seconds=2.0, start_seconds=3.0)
+    assert window.shape == (32000,)
+    assert reads == [(3 * 44100 - 2205, 5 * 44100 + 2205)]  # the window and its margins, nothing else
+    inner = slice(400, -400)  # away from the margins' filter edges
+    np.testing.assert_allclose(window[inner], whole[48000:80000][inner], atol=2e-3)
+    # the tail window stops at the end of the file; a start past it is an error naming the length
+    assert load_audio(path, 16000, max_seconds=2.0, start_seconds=5.0).shape == (16000,)
+    with pytest.raises(AudioDecodeError, match=r"nothing to read from 6 s on: the file is 6\.000 s long"):
+        load_audio(path, 16000, max_seconds=2.0, start_seconds=6.0)
+
+
+def test_pad_to_min_appends_silence_only_when_short() -> None:
+    from clapart_core.corpus.audio import pad_to_min
+
+    short = np.ones(960, dtype=np.float32)  # 0.06 s at 16 kHz
+    padded = pad_to_min(short, 2800)
+    assert padded.shape == (2800,) and padded.dtype == np.float32
+    assert np.array_equal(padded[:960], short) and not padded[960:].any()
+    long = np.ones(3000, dtype=np.float32)
+    assert pad_to_min(long, 2800) is long

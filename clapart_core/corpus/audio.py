@@ -25,6 +25,7 @@ __all__ = [
     "MIN_SAMPLE_RATE",
     "audio_info",
     "load_audio",
+    "pad_to_min",
     "resample",
 ]
 
@@ -141,20 +142,25 @@ def resample(wave: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
 
 
 def load_audio(
-    path: str | Path, sample_rate: int, max_seconds: float | None = None
+    path: str | Path, sample_rate: int, max_seconds: float | None = None, start_seconds: float = 0.0
 ) -> np.ndarray:
-    """Decode an audio file to a float32 mono waveform at ``sample_rate``.
+    """Decode an audio file (or one stretch of it) to a float32 mono waveform at ``sample_rate``.
+
+    Only the frames asked for (plus a 0.05 s filter margin on each side) are read from the file,
+    so memory follows ``max_seconds``, not the file's length.
 
     Args:
         path: audio file (wav/flac/ogg/aiff; mp3 when libsndfile supports it), 1-8 channels,
             8-96 kHz, integer (8/16/24/32-bit) or float samples.
         sample_rate: output rate in Hz.
-        max_seconds: if given, keep only the first ``max_seconds`` seconds (> 0).
+        max_seconds: if given, keep only ``max_seconds`` seconds (> 0) from ``start_seconds`` on.
+        start_seconds: where to start, in seconds from the file's beginning (>= 0; a window of a
+            long file). Sample 0 of the result is the file's time ``start_seconds``.
 
     Returns:
-        float32 ``[S]`` with values in [-1, 1], ``S = ceil(frames * sample_rate / sr_file)``
-        (at most ``floor(max_seconds * sample_rate)`` when cropping). Channels are averaged;
-        values are clipped to [-1, 1] because float files and resampling overshoot of
+        float32 ``[S]`` with values in [-1, 1], ``S = ceil(frames * sample_rate / sr_file)`` for the
+        whole file (at most ``floor(max_seconds * sample_rate)`` when cropping). Channels are
+        averaged; values are clipped to [-1, 1] because float files and resampling overshoot of
         full-scale signals can exceed it, and the encoders assume that range.
 
     Raises:
@@ -165,24 +171,53 @@ def load_audio(
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+    if not start_seconds >= 0:
+        raise ValueError(f"start_seconds must be >= 0, got {start_seconds}")
     p = Path(path)
     sr_file, _channels, frames = audio_info(p)
 
-    n_read = frames
+    start = round(start_seconds * sr_file)
+    if start >= frames:
+        raise AudioDecodeError(p, "empty", f"nothing to read from {start_seconds:g} s on: the file is {frames / sr_file:.3f} s long")
+    # A window that starts inside the file reads a margin before its start too, so the resampling
+    # filter sees real signal there rather than zeros. The margin is a whole number of the
+    # resampler's input periods (sr_file / gcd), so the output grid stays aligned to `start`.
+    period = sr_file // math.gcd(sr_file, sample_rate)
+    lead = (min(start, math.ceil(_CROP_MARGIN_S * sr_file)) // period) * period
+    stop = frames
     if max_seconds is not None:
-        n_read = min(frames, math.ceil((max_seconds + _CROP_MARGIN_S) * sr_file))
+        stop = min(frames, start + math.ceil((max_seconds + _CROP_MARGIN_S) * sr_file))
     try:
-        data, _ = sf.read(str(p), frames=n_read, dtype="float32", always_2d=True)
+        data, _ = sf.read(str(p), start=start - lead, stop=stop, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as err:
         raise AudioDecodeError(p, "unreadable", f"could not decode samples ({err})") from err
-    if data.shape[0] == 0:
+    if data.shape[0] <= lead:
         raise AudioDecodeError(p, "empty", "audio file contains no decodable samples")
     if not np.isfinite(data).all():
         raise AudioDecodeError(p, "non_finite", "audio contains NaN or infinite samples")
 
     mono = data.mean(axis=1, dtype=np.float64)
+    del data
     wave = resample(mono, sr_file, sample_rate)
+    skip = lead * sample_rate // sr_file  # exact: lead is a multiple of the input period
     if max_seconds is not None:
-        wave = wave[: math.floor(max_seconds * sample_rate)]
+        wave = wave[skip : skip + math.floor(max_seconds * sample_rate)]
+    elif skip:
+        wave = wave[skip:]
     np.clip(wave, -1.0, 1.0, out=wave)
     return wave
+
+
+def pad_to_min(wave: np.ndarray, min_samples: int) -> np.ndarray:
+    """``wave`` ``[S]`` followed by silence up to ``min_samples`` samples; ``wave`` itself when it
+    is long enough (the caller compares lengths to flag a padded clip).
+
+    The one padding rule for clips shorter than an encoder's minimum (one BEATs patch:
+    2800 samples at 16 kHz, 0.175 s): trailing zeros, the silence a short sound is heard in.
+    Used by ``clapart caption`` and the decode stage alike; ``min_samples`` is at the wave's rate.
+    """
+    if min_samples < 0:
+        raise ValueError(f"min_samples must be >= 0, got {min_samples}")
+    if len(wave) >= min_samples:
+        return wave
+    return np.concatenate([wave, np.zeros(min_samples - len(wave), dtype=wave.dtype)])
