@@ -8,11 +8,16 @@ captions your own audio files with a trained model directory, ``evaluate`` score
 
 from __future__ import annotations
 
+import csv
+import glob
 import json
+import math
+import os
+import re
 import runpy
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -47,25 +52,175 @@ for _name, _help in STAGES.items():
     _stage_command(_name, _help)
 
 
+def _fail(message: str) -> NoReturn:
+    """A mistake the user can fix: one line on stderr, exit code 2, nothing loaded or written."""
+    typer.echo(f"error: {_one_line(message)}", err=True)
+    raise typer.Exit(2)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with backslashes, tabs and line breaks escaped (``\\``, ``\\t``, ``\\n``, ``\\r``): one
+    line whatever a file name holds. The escaping of ``--format tsv`` (and of stderr lines)."""
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+_GLOB_CHARS = frozenset("*?[")
+CAPTION_FORMATS = ("tsv", "csv", "jsonl")
+CAPTION_COLUMNS = ("file", "start", "end", "caption", "flags", "error")
+
+
+def expand_audio_args(args: list[str]) -> list[Path]:
+    """Command-line audio arguments -> paths, in order: an existing path as given, a pattern with
+    ``*``, ``?`` or ``[`` expanded (sorted; ``**`` recurses), as a shell would when it can.
+
+    Raises:
+        typer.Exit(2): a path that does not exist or a pattern that matches nothing (one line naming them).
+    """
+    paths: list[Path] = []
+    missing: list[str] = []
+    unmatched: list[str] = []
+    for arg in args:
+        if os.path.lexists(arg):
+            paths.append(Path(arg))
+        elif _GLOB_CHARS & set(arg):
+            found = sorted(glob.glob(arg, recursive=True))
+            paths.extend(Path(f) for f in found)
+            if not found:
+                unmatched.append(arg)
+        else:
+            missing.append(arg)
+    if unmatched:
+        _fail(f"no file matches {', '.join(repr(u) for u in unmatched)}")
+    if missing:
+        _fail(f"{', '.join(repr(m) for m in missing)} {'does' if len(missing) == 1 else 'do'} not exist")
+    return paths
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto``; CUDA only when torch sees a GPU (one line, exit 2 otherwise)."""
+    if device not in ("cpu", "auto") and not re.fullmatch(r"cuda(:\d+)?", device):
+        _fail(f"--device {device!r} is not one of cpu, cuda, auto")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            _fail(f"--device {device} was asked for but torch sees no CUDA GPU here; use --device cpu or auto")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            _fail(f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s)")
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+class CaptionWriter:
+    """Writes :class:`clapart_core.captioner.inference.CaptionRecord` s to stdout in one format, a
+    line (or CSV record) per record, flushed at once, and each error as one line on stderr.
+
+    Columns: ``file, start, end, caption, flags, error`` (seconds with 3 decimals; ``flags``
+    joined by ``"; "``; an error record has an empty caption). ``tsv``: a header line, then one
+    line per record with backslash, tab and line breaks escaped as ``\\``, ``\t``, ``\n``,
+    ``\r``; ``csv``: RFC 4180 quoting (a line break in a file name stays inside its quoted field);
+    ``jsonl``: one JSON object per line with every column (``flags`` a list, absent values null,
+    plus ``reason``).
+    """
+
+    def __init__(self, fmt: str, out: Any = None) -> None:
+        self.fmt = fmt
+        self.out = out or sys.stdout
+        self.failed = 0
+        self._csv = csv.writer(self.out, lineterminator="\n") if fmt == "csv" else None
+        if fmt == "tsv":
+            self.out.write("\t".join(CAPTION_COLUMNS) + "\n")
+        elif self._csv is not None:
+            self._csv.writerow(CAPTION_COLUMNS)
+
+    def write(self, record: Any) -> None:
+        if record.error is not None:
+            self.failed += 1
+            typer.echo(f"error: {_one_line(record.error)}", err=True)
+        cells = [record.file, _seconds(record.start), _seconds(record.end), record.caption or "", "; ".join(record.flags), record.error or ""]
+        if self.fmt == "tsv":
+            self.out.write("\t".join(_one_line(c) for c in cells) + "\n")
+        elif self._csv is not None:
+            self._csv.writerow(cells)
+        else:
+            obj = {
+                "file": record.file,
+                "start": None if record.start is None else round(record.start, 3),
+                "end": None if record.end is None else round(record.end, 3),
+                "caption": record.caption,
+                "flags": list(record.flags),
+                "error": record.error,
+                "reason": record.reason,
+            }
+            self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self.out.flush()
+
+
 @app.command()
 def caption(
-    audio: Annotated[list[Path], typer.Argument(help="Audio files (wav/flac/ogg/mp3; any rate; mono or stereo).")],
+    audio: Annotated[list[str], typer.Argument(help="Audio files or glob patterns (wav/flac/ogg/mp3; any rate; mono or stereo).", show_default=False)],
     model: Annotated[Path, typer.Option(help="Trained model directory (the train stage's data/model).")] = Path("data/model"),
-    num_beams: Annotated[int, typer.Option(help="Beam size.")] = 4,
-    max_length: Annotated[int, typer.Option(help="Longest caption, in tokens.")] = 50,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    num_beams: Annotated[int, typer.Option(help="Beam size (>= 1).")] = 4,
+    max_length: Annotated[int, typer.Option(help="Longest caption, in tokens (1 to the model's decoder positions).")] = 50,
+    device: Annotated[str, typer.Option(help="cpu, cuda (or cuda:N) or auto.")] = "auto",
+    window: Annotated[
+        float | None, typer.Option(help="Caption each WINDOW seconds of a file in turn, with timestamps (default: the first stretch the model reads).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Output: tsv, csv or jsonl (one record per file or window).")] = "tsv",
+    batch_size: Annotated[int, typer.Option(help="Clips (or windows) captioned together.")] = 8,
 ) -> None:
-    """Caption your own audio files with a trained model."""
-    from clapart_core.captioner.inference import CaptionPipeline
-    from clapart_core.pipeline.checkpoints import CheckpointError
+    """Caption your own audio files with a trained model.
+
+    Every option is checked before the model is loaded (exit code 2 and one line on error). A file
+    that cannot be used gives an error record and one line on stderr, and the others are still
+    captioned (exit code 1 when any failed). Memory does not grow with a file's length.
+    """
+    if fmt not in CAPTION_FORMATS:
+        _fail(f"--format {fmt!r} is not one of {', '.join(CAPTION_FORMATS)}")
+    for name, value in (("--num-beams", num_beams), ("--max-length", max_length), ("--batch-size", batch_size)):
+        if value < 1:
+            _fail(f"{name} must be at least 1, got {value}")
+    if window is not None and not (math.isfinite(window) and window > 0):
+        _fail(f"--window must be a positive number of seconds, got {window}")
+    check_device(device)
+    paths = expand_audio_args(audio)
+    # a model directory is data: it must not make `caption` reach the network
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from clapart_core.captioner.model_dir import ModelDirError
+
+    if not model.is_dir():
+        _fail(f"--model {model} is not a model directory (run the train stage, or pass --model DIR)")
+    from clapart_core.captioner.inference import CaptionPipeline, model_limits
 
     try:
+        limits = model_limits(model)
+    except (ModelDirError, FileNotFoundError) as err:
+        _fail(str(err))
+    if max_length > limits.max_length:
+        _fail(f"--max-length {max_length} is more than the {limits.max_length} caption tokens the decoder of {model} has positions for")
+    if window is not None and not limits.min_seconds <= window <= limits.max_window:
+        _fail(f"--window must be between {limits.min_seconds:.3f} s and {limits.max_window:.2f} s (what {model} captions at once), got {window:g}")
+
+    import transformers
+
+    from clapart_core.encoders.spec import ModelNotFoundError
+    from clapart_core.pipeline.checkpoints import CheckpointError
+
+    # stderr carries one line per failed file: no weight-loading bars or generation-flag notices
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    try:
         pipe = CaptionPipeline.from_model_dir(model, device=device)
-    except CheckpointError as err:  # e.g. frontend.json names a BEATs file that would run code
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    for path, text in zip(audio, pipe.caption_files(audio, num_beams=num_beams, max_length=max_length), strict=True):
-        typer.echo(f"{path}\t{text}")
+    except (ModelDirError, ModelNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    writer = CaptionWriter(fmt)
+    for record in pipe.caption_stream(paths, window=window, num_beams=num_beams, max_length=max_length, batch_size=batch_size):
+        writer.write(record)
+    if writer.failed:
+        raise typer.Exit(1)
 
 
 def _model_or_spec(value: str, option: str) -> str | dict:

@@ -38,4 +38,6 @@ if __name__ == "__main__":
         )
     except CheckpointError as err:
         raise SystemExit(f"error: train{'' if ws.phase is None else '@' + ws.phase}: {err}") from None
-    write_frontend(ws.model, tokens_meta, Path("data/codebooks/rvq.npz"), ws.clap_features / "train.h5" if use_clap else None)
+    # decode.max_seconds: how much of a clip the encoders saw, what `clapart caption` reads of a file
+    clap_file = ws.clap_features / "train.h5" if use_clap else None
+    write_frontend(ws.model, tokens_meta, Path("data/codebooks/rvq.npz"), clap_file, max_seconds=params["decode"]["max_seconds"])

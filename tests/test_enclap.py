@@ -460,11 +460,12 @@ def test_clapart_caption_runs_an_imported_directory_end_to_end(imported: dict[st
     clip = tmp_path / "clip.wav"
     sf.write(clip, wave.astype(np.float32), 24_000, subtype="PCM_16")
     # --max-length 20 (meta.json's): the fixture's BART has only 40 decoder positions
-    args = ["caption", str(clip), "--model", str(imported["out"]), "--device", "cpu", "--max-length", "20"]
+    args = ["caption", str(clip), "--model", str(imported["out"]), "--device", "cpu", "--max-length", "20", "--format", "jsonl"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
-    path, caption = result.stdout.strip().split("\t")
-    assert path == str(clip)
+    (record,) = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["file"] == str(clip) and record["error"] is None and record["flags"] == []
+    caption = record["caption"]
 
     # the same clip through the front end the spec describes and the EnCLAP checkpoint itself
     def quantise(x: np.ndarray) -> np.ndarray:  # to the int16 grid, as the caption pipeline does

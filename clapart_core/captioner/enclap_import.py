@@ -16,7 +16,7 @@ import torch
 
 from clapart_core.captioner.enclap import ENCLAP_CLAP, ENCLAP_ENCODEC, ENCLAP_TOKENIZER, enclap_weight_files
 from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning
-from clapart_core.captioner.model_dir import save_captioner
+from clapart_core.captioner.model_dir import bundled_checkpoint, save_captioner
 from clapart_core.captioner.text import load_caption_tokenizer
 from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
 from clapart_core.encoders.encodec import load_encodec, random_encodec
@@ -167,9 +167,12 @@ def _encodec_frontend(spec: str | dict[str, Any], config: ClapArtConfig) -> dict
             f"EnCodec model {name!r} gives {', '.join(f'{n} codebooks at {b:g} kbps' for b, n in counts.items())}, "
             f"none the checkpoint's {config.num_codebooks}"
         )
+    spec = {**encoder.spec, "bandwidth": chosen[0]}
+    if spec.get("checkpoint"):  # a local folder is copied into the model directory (bundled_checkpoint)
+        spec["checkpoint"] = bundled_checkpoint(spec["checkpoint"], "encoder")[0]
     return {
         "name": "encodec",
-        "spec": {**encoder.spec, "bandwidth": chosen[0]},
+        "spec": spec,
         "pretrained": encoder.pretrained,
         "weights_sha256": model_fingerprint(encoder.model),
     }
@@ -178,7 +181,7 @@ def _encodec_frontend(spec: str | dict[str, Any], config: ClapArtConfig) -> dict
 def _clap_frontend(spec: str | dict[str, Any], config: ClapArtConfig) -> dict[str, Any]:
     """frontend.json's ``clap`` entry; ``spec`` is a hub id / directory or ``{"random": overrides, "seed": s}``."""
     if isinstance(spec, str):
-        clap, recorded = load_clap(spec), {"checkpoint": spec, "seed": 0}
+        clap, recorded = load_clap(spec), {"checkpoint": bundled_checkpoint(spec, "clap")[0], "seed": 0}
     else:
         seed = int(spec.get("seed", 0))
         clap, recorded = random_clap(spec.get("random"), seed=seed), {"checkpoint": None, "seed": seed, "random": spec.get("random")}
@@ -245,7 +248,9 @@ def import_enclap(
         "vocab_size": len(caption_tokenizer),
         "tokenizer": str(tokenizer),
     }
-    save_captioner(model, caption_tokenizer, summary, out_dir, frontend=frontend)
+    # local EnCodec / CLAP folders travel inside the model directory, which names no path outside itself
+    bundled = [bundled_checkpoint(spec, role) for spec, role in ((encodec, "encoder"), (clap, "clap")) if isinstance(spec, str)]
+    save_captioner(model, caption_tokenizer, summary, out_dir, frontend=frontend, frontend_files={rel: src for rel, src in bundled if src is not None})
     logger.info("imported EnCLAP checkpoint %s into %s", source, out_dir)
     return summary
 

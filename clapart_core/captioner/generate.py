@@ -24,6 +24,7 @@ def caption_examples(
     no_repeat_ngram_size: int = 3,
     batch_size: int = 32,
     early_stopping: bool = True,
+    progress: bool = True,
 ) -> list[str]:
     """Caption every example (first ``max_frames`` frames), returning captions in input order.
 
@@ -31,12 +32,13 @@ def caption_examples(
     device is used (move the model first to generate on GPU). The keyword arguments are the
     params section ``generate:``; ``early_stopping`` as in
     [`ClapArtForCaptioning.generation_config_for`] (True = the official EnCLAP setting).
+    ``progress``: a tqdm bar on stderr (off for ``clapart caption``, which calls this per batch).
     """
     device = next(model.parameters()).device
     max_frames = model.config.max_frames
     order = sorted(range(len(examples)), key=lambda i: min(len(examples[i].codes), max_frames))
     captions: list[str | None] = [None] * len(examples)
-    with tqdm(total=len(examples), desc="captioning", unit="clip") as progress:
+    with tqdm(total=len(examples), desc="captioning", unit="clip", disable=not progress) as bar:
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = build_batch(
@@ -57,5 +59,5 @@ def caption_examples(
             )
             for i, text in zip(chunk, texts, strict=True):
                 captions[i] = text
-            progress.update(len(chunk))
+            bar.update(len(chunk))
     return [c if c is not None else "" for c in captions]

@@ -1,18 +1,28 @@
 """Captioning raw audio files with a trained model directory (``clapart caption``).
 
-A model directory from the train stage (written and read by :mod:`clapart_core.captioner.model_dir`)
-holds, besides the BART captioner and its tokenizer, the *front end* that produced its tokens:
-``frontend.json`` (which BEATs / CLAP weights, as a checkpoint path or a random-init spec + seed,
-with their weight fingerprints) and ``rvq.npz`` (the codebooks actually used).
-:class:`CaptionPipeline` rebuilds that front end, checks the fingerprints (a different BEATs would
-silently give different tokens), and runs audio -> BEATs -> RVQ codes (+ CLAP) -> beam search.
+A model directory from the train stage (written by :mod:`clapart_core.captioner.model_dir`, read
+as untrusted data by :mod:`clapart_core.captioner.frontend`) holds, besides the BART captioner and
+its tokenizer, the *front end* that produced its tokens: ``frontend.json`` (which encoder / CLAP
+weights, as a checkpoint inside the directory, a hub id or a random-init spec + seed, with their
+weight fingerprints, and the decode stage's crop) and ``rvq.npz`` (the codebooks actually used).
+:class:`CaptionPipeline` checks every size before building anything, rebuilds that front end
+without touching the network, checks the fingerprints (a different encoder would silently give
+different tokens), and runs audio -> codes (+ CLAP) -> beam search.
+
+Memory does not grow with a file's length: a file is read one stretch at a time
+(:func:`clapart_core.corpus.audio.load_audio` reads only the frames asked for). Without a window
+that stretch is the first :attr:`ModelLimits.read_seconds` (what the encoders saw of a clip in
+training, as the decode stage crops it); with ``window`` each window of the file is read,
+encoded and captioned in turn, with its timestamps. Clips shorter than one BEATs patch are
+padded with silence (:func:`clapart_core.corpus.audio.pad_to_min`) and flagged, as the decode
+stage pads them. A file that cannot be used gives an error record, and the others are captioned.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,81 +30,234 @@ import numpy as np
 import torch
 
 from clapart_core.captioner.data import CaptionExample
+from clapart_core.captioner.frontend import load_frontend, local_spec
 from clapart_core.captioner.generate import caption_examples
-from clapart_core.captioner.model_dir import CODEBOOKS_FILE, load_captioner, read_frontend
+from clapart_core.captioner.model_dir import CODEBOOKS_FILE, ModelDirError, load_captioner, max_caption_length, read_config
+from clapart_core.corpus.audio import AudioDecodeError, audio_info, load_audio, min_clip_samples, pad_to_min
+from clapart_core.encoders.registry import TokenType, encoder_from_spec, token_type
 from clapart_core.pipeline.storage import model_fingerprint
 from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
 
 log = logging.getLogger(__name__)
 
+PCM_SCALE = 32767.0  # the decode stage stores int16 PCM: waves are rounded to that grid so codes match
+
+
 def _check_fingerprint(what: str, model: torch.nn.Module, expected: str) -> None:
     got = model_fingerprint(model)
     if got != expected:
-        raise RuntimeError(
+        raise ModelDirError(
             f"the {what} weights rebuilt for captioning (sha {got}) differ from those the model was trained on (sha {expected}); "
             f"point the {what} checkpoint at the file used in training"
         )
 
 
+def _pcm_grid(wave: np.ndarray) -> np.ndarray:
+    return (np.round(wave * PCM_SCALE) / PCM_SCALE).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a model directory allows, read from ``config.json`` and ``frontend.json`` alone (no
+    model built), so that ``clapart caption`` checks its options before loading anything.
+
+    Attributes:
+        kind: the token type.
+        max_length: the longest caption in tokens (the decoder's learned positions).
+        model_seconds: the audio whose codes fill the captioner's ``max_frames``.
+        read_seconds: how much of a file is read and encoded without ``--window``: the decode
+            stage's crop recorded in training (``decode.max_seconds``), else ``model_seconds``.
+        min_seconds: the shortest clip the encoder gets unpadded (one BEATs patch, 0.175 s).
+    """
+
+    kind: TokenType
+    max_length: int
+    model_seconds: float
+    read_seconds: float
+    min_seconds: float
+
+    @property
+    def max_window(self) -> float:
+        """The longest ``--window``: one the captioner reads whole, within what training encoded."""
+        return min(self.model_seconds, self.read_seconds)
+
+
+def model_limits(model_dir: Path) -> ModelLimits:
+    """:class:`ModelLimits` of ``model_dir``; raises what :func:`load_frontend` and
+    :func:`clapart_core.captioner.model_dir.read_config` raise (one sentence each)."""
+    front = load_frontend(model_dir)
+    config = read_config(model_dir)
+    kind = token_type(front["encoder_type"])
+    model_seconds = kind.input_seconds(int(config.max_frames), front["encoder"]["spec"])
+    read_seconds = float(front["max_seconds"]) if front["max_seconds"] is not None else model_seconds
+    return ModelLimits(kind, max_caption_length(config), model_seconds, read_seconds, kind.min_samples / kind.sample_rate)
+
+
 class AudioToCodes:
-    """An audio file -> ``[T, N]`` int16 codes, exactly as the features (+ tokenize) stages made the
-    codes a model was trained on: the token type's encoder (:mod:`clapart_core.encoders.registry`)
+    """One stretch of audio -> ``[T, N]`` int16 codes, exactly as the features (+ tokenize) stages
+    made the codes a model was trained on: the token type's encoder (:mod:`clapart_core.encoders.registry`)
     rebuilt from the model directory's front end, its weights checked against the recorded
     fingerprint, and the model's own codebooks for types whose codes come from RVQ."""
 
     def __init__(self, front: dict[str, Any], model_dir: Path, device: str) -> None:
-        from clapart_core.encoders.registry import encoder_from_spec
-
-        self.encoder = encoder_from_spec(front["encoder_type"], front["encoder"]["spec"], device)
+        kind = token_type(front["encoder_type"])
+        spec = local_spec(model_dir, front["encoder"]["spec"], hub=kind.checkpoint == "hub")
+        self.encoder = encoder_from_spec(kind.name, spec, device, local_files_only=True)
         _check_fingerprint(self.encoder.kind.name, self.encoder.weights, front["encoder"]["weights_sha256"])
         self.rvq = ResidualVQ(load_codebooks(Path(model_dir) / CODEBOOKS_FILE)[0]) if self.encoder.kind.codebooks else None
 
-    def __call__(self, path: Path) -> np.ndarray:
-        from clapart_core.corpus.audio import load_audio
+    @property
+    def sample_rate(self) -> int:
+        return self.encoder.kind.sample_rate
 
-        # the decode stage stores int16 PCM: round to that grid so codes match the pipeline's
-        wave = (np.round(load_audio(path, self.encoder.kind.sample_rate) * 32767.0) / 32767.0).astype(np.float32)
-        try:
-            return self.encoder.codes(wave, self.rvq)
-        except ValueError as err:  # e.g. too short for one code
-            raise ValueError(f"{path}: {err}") from None
+    def __call__(self, wave: np.ndarray) -> np.ndarray:
+        """``[S]`` float32 at :attr:`sample_rate`, at least one patch long -> codes ``[T, N]`` int16."""
+        return self.encoder.codes(wave, self.rvq)
+
+
+@dataclass
+class CaptionRecord:
+    """One result of ``clapart caption``: a file (or one window of it) and its caption, or why not.
+
+    Attributes:
+        file: the path as given.
+        start, end: the stretch captioned, in seconds from the file's start (None for an error
+            found before any audio was read).
+        caption: the caption; None when ``error`` is set.
+        flags: what was done to the audio, one phrase each (``padded: …``, ``cropped: …``).
+        error: one sentence saying why this file (or window) has no caption.
+        reason: the machine-friendly reason of an audio error (``empty``, ``unreadable``,
+            ``non_finite``, …; see :class:`clapart_core.corpus.audio.AudioDecodeError`).
+    """
+
+    file: str
+    start: float | None = None
+    end: float | None = None
+    caption: str | None = None
+    flags: list[str] = field(default_factory=list)
+    error: str | None = None
+    reason: str | None = None
 
 
 @dataclass
 class CaptionPipeline:
     """Audio files -> captions with everything a trained model directory specifies."""
 
-    tokenizer_frontend: AudioToCodes
+    frontend: AudioToCodes
     clap: Any | None
     model: Any
     tokenizer: Any
     device: str
+    limits: ModelLimits
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, device: str = "auto") -> CaptionPipeline:
-        from clapart_core.encoders.clap import clap_from_spec
+        """Build everything ``model_dir`` describes on ``device`` (``auto``: CUDA when available).
+
+        Every field of ``frontend.json`` and every random-model size is checked before the first
+        model is built; hub ids are read from the local cache only.
+
+        Raises:
+            clapart_core.captioner.model_dir.ModelDirError: a field, path or size that is refused.
+            clapart_core.encoders.spec.ModelNotFoundError: a model it names is not here.
+            clapart_core.pipeline.checkpoints.CheckpointError: a checkpoint that is refused.
+            ValueError: random sizes that are too large or not a model (ModelDirError is one too:
+                also a rebuilt encoder whose weights differ from the recorded fingerprint).
+        """
+        from clapart_core.encoders.clap import clap_from_spec, random_clap_parameters
+        from clapart_core.encoders.spec import check_random_size
         from clapart_core.pipeline.params import resolve_device
 
+        model_dir = Path(model_dir)
+        limits = model_limits(model_dir)
+        front = load_frontend(model_dir)
+        # sizes first: nothing is allocated before every random spec is known to be reasonable
+        limits.kind.check_spec_size(front["encoder"]["spec"])
+        if front["clap"] is not None and not front["clap"]["spec"].get("checkpoint"):
+            check_random_size("CLAP", front["clap"]["spec"].get("random"), random_clap_parameters)
         device = resolve_device(device)
-        front = read_frontend(model_dir)
-        frontend = AudioToCodes(front, Path(model_dir), device)
+        frontend = AudioToCodes(front, model_dir, device)
         clap = None
         if front["clap"] is not None:
-            clap = clap_from_spec(front["clap"]["spec"], device)
+            clap = clap_from_spec(local_spec(model_dir, front["clap"]["spec"], hub=True), device, local_files_only=True)
             _check_fingerprint("clap", clap.model, front["clap"]["weights_sha256"])
-        model, tokenizer = load_captioner(Path(model_dir))
-        return cls(frontend, clap, model.to(device), tokenizer, device)
+        model, tokenizer = load_captioner(model_dir)
+        return cls(frontend, clap, model.to(device), tokenizer, device, limits)
 
-    def caption_files(self, paths: Sequence[Path], num_beams: int = 4, max_length: int = 50) -> list[str]:
-        """Caption audio files (any format soundfile reads, any rate, any channel count)."""
-        from clapart_core.corpus.audio import load_audio
+    # ------------------------------------------------------------------------------ one stretch
+    def _example(self, path: Path, start: float, seconds: float, record: CaptionRecord) -> CaptionExample:
+        """Read ``seconds`` of ``path`` from ``start`` at each rate the model needs, pad a short
+        stretch (flagged on ``record``), and encode it."""
+        rate = self.frontend.sample_rate
+        wave = load_audio(path, rate, max_seconds=seconds, start_seconds=start)
+        record.end = start + len(wave) / rate
+        padded = pad_to_min(wave, self.frontend.encoder.kind.min_samples)
+        if len(padded) > len(wave):
+            record.flags.append(f"padded: {len(wave) / rate:.3f} s is shorter than {self.limits.min_seconds:.3f} s, padded with silence")
+        codes = self.frontend(_pcm_grid(padded))
+        emb = None
+        if self.clap is not None:
+            wave48 = load_audio(path, self.clap.sample_rate, max_seconds=seconds, start_seconds=start)
+            wave48 = pad_to_min(wave48, min_clip_samples(self.clap.sample_rate))
+            emb = self.clap.embed([_pcm_grid(wave48)], [str(path) if start == 0 else f"{path}@{start:g}"])[0]
+        return CaptionExample(str(path), codes, emb, ("",))
 
-        examples = []
+    def _stretches(self, path: Path, window: float | None) -> Iterator[tuple[CaptionRecord, float, float]]:
+        """``(record, start, seconds)`` for each stretch of ``path`` to caption; an error record
+        (``seconds`` 0) for a file whose header cannot be used."""
+        try:
+            sr, _, frames = audio_info(path)
+        except AudioDecodeError as err:
+            yield CaptionRecord(str(path), error=str(err), reason=err.reason), 0.0, 0.0
+            return
+        duration = frames / sr
+        if window is None:
+            record = CaptionRecord(str(path), start=0.0)
+            if duration > self.limits.read_seconds:
+                record.flags.append(f"cropped: captioned from the first {self.limits.read_seconds:.2f} s of {duration:.2f} s (use --window for all of it)")
+            yield record, 0.0, self.limits.read_seconds
+            return
+        n = max(1, -(-frames // round(window * sr)))  # windows of `window` seconds, the last one shorter
+        for k in range(n):
+            yield CaptionRecord(str(path), start=k * window), k * window, window
+
+    def caption_stream(
+        self,
+        paths: Iterable[Path],
+        *,
+        window: float | None = None,
+        num_beams: int = 4,
+        max_length: int = 50,
+        batch_size: int = 8,
+    ) -> Iterator[CaptionRecord]:
+        """Caption files (any format soundfile reads, any rate, any channel count), one record per
+        file — or per window of ``window`` seconds — in input order, as soon as each batch of
+        ``batch_size`` is captioned. Audio errors become error records; the other files go on.
+        Peak memory is one stretch of audio plus a batch of codes, whatever the files' lengths."""
+        pending: list[tuple[CaptionRecord, CaptionExample | None]] = []
+
+        def flush() -> Iterator[CaptionRecord]:
+            examples = [ex for _, ex in pending if ex is not None]
+            captions = iter(
+                caption_examples(self.model, self.tokenizer, examples, num_beams=num_beams, max_length=max_length, batch_size=batch_size, progress=False)
+                if examples
+                else []
+            )
+            for record, ex in pending:
+                if ex is not None:
+                    record.caption = next(captions)
+                yield record
+            pending.clear()
+
         for path in paths:
-            codes = self.tokenizer_frontend(path)
-            emb = None
-            if self.clap is not None:
-                wave48 = np.round(load_audio(path, self.clap.sample_rate) * 32767.0) / 32767.0
-                emb = self.clap.embed([wave48.astype(np.float32)], [str(path)])[0]
-            examples.append(CaptionExample(str(path), codes, emb, ("",)))
-        return caption_examples(self.model, self.tokenizer, examples, num_beams=num_beams, max_length=max_length)
+            for record, start, seconds in self._stretches(Path(path), window):
+                example = None
+                if record.error is None:
+                    try:
+                        example = self._example(Path(path), start, seconds, record)
+                    except AudioDecodeError as err:
+                        record.error, record.reason = str(err), err.reason
+                pending.append((record, example))
+                if sum(ex is not None for _, ex in pending) >= batch_size:
+                    yield from flush()
+        yield from flush()

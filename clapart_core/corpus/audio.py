@@ -24,7 +24,9 @@ __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "audio_info",
+    "MIN_CLIP_SECONDS",
     "load_audio",
+    "min_clip_samples",
     "pad_to_min",
     "resample",
 ]
@@ -32,6 +34,12 @@ __all__ = [
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 96_000
 MAX_CHANNELS = 8
+
+# The shortest clip an encoder gets: one BEATs patch, 16 fbank frames = 400 + 15 * 160 samples at
+# 16 kHz. Shorter clips are padded with silence to it (pad_to_min) at every rate and for every
+# token type, so that `clapart caption` and the pipeline give an encoder the same input.
+_MIN_CLIP_16K = 2800
+MIN_CLIP_SECONDS = _MIN_CLIP_16K / 16_000  # 0.175 s
 
 # Extra source frames read past a ``max_seconds`` crop so the resampling filter sees real
 # signal (not zero padding) at the crop edge; the tail is cut off after resampling. 0.05 s
@@ -65,6 +73,8 @@ def _check_readable(path: Path) -> None:
     """Raise for a path that is absent, not a regular file, or zero bytes long."""
     if not path.exists():
         raise AudioDecodeError(path, "missing", "audio file does not exist")
+    if path.is_dir():
+        raise AudioDecodeError(path, "unreadable", "is a directory, not an audio file")
     if not path.is_file():
         raise AudioDecodeError(path, "unreadable", "path is not a regular file")
     if path.stat().st_size == 0:
@@ -208,13 +218,19 @@ def load_audio(
     return wave
 
 
+def min_clip_samples(sample_rate: int) -> int:
+    """:data:`MIN_CLIP_SECONDS` in samples at ``sample_rate`` (rounded up; 2800 at 16 kHz, 8400 at 48 kHz)."""
+    return -(-_MIN_CLIP_16K * int(sample_rate) // 16_000)
+
+
 def pad_to_min(wave: np.ndarray, min_samples: int) -> np.ndarray:
     """``wave`` ``[S]`` followed by silence up to ``min_samples`` samples; ``wave`` itself when it
     is long enough (the caller compares lengths to flag a padded clip).
 
     The one padding rule for clips shorter than an encoder's minimum (one BEATs patch:
     2800 samples at 16 kHz, 0.175 s): trailing zeros, the silence a short sound is heard in.
-    Used by ``clapart caption`` and the decode stage alike; ``min_samples`` is at the wave's rate.
+    Used by ``clapart caption`` and the decode stage alike; ``min_samples`` is at the wave's rate
+    (:func:`min_clip_samples`).
     """
     if min_samples < 0:
         raise ValueError(f"min_samples must be >= 0, got {min_samples}")

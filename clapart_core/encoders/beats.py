@@ -900,6 +900,16 @@ def random_beats(cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> 
     return _random_model(BEATs, _config_from_overrides(BEATsConfig, cfg_overrides or {}), seed)
 
 
+def random_beats_parameters(cfg_overrides: dict[str, Any] | None = None, tokenizer: bool = False) -> int:
+    """Parameters of :func:`random_beats` (``tokenizer``: :func:`random_beats_tokenizer`) with these
+    overrides, counted on the meta device without allocating; ValueError for unknown keys."""
+    from clapart_core.encoders.spec import parameters_on_meta
+
+    model_cls, config_cls = (BEATsTokenizer, BEATsTokenizerConfig) if tokenizer else (BEATs, BEATsConfig)
+    config = _config_from_overrides(config_cls, cfg_overrides or {})
+    return parameters_on_meta(lambda: model_cls(config))
+
+
 def random_beats_tokenizer(cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> BEATsTokenizer:
     """The BEATs acoustic tokenizer with seeded random weights and a unit-norm random codebook.
 

@@ -23,10 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.encoders.spec import ModelNotFoundError, checkpoint_or_random
+from clapart_core.encoders.spec import ModelNotFoundError, checkpoint_or_random, parameters_on_meta
 from clapart_core.pipeline.params import merge_params
-
-log = logging.getLogger(__name__)
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +91,40 @@ class ClapEncoder:
         return emb.cpu().numpy()
 
 
-def random_clap(overrides: dict[str, Any] | None = None, seed: int = 0) -> ClapEncoder:
-    """A seeded, randomly initialised ``ClapModel`` of the real architecture at a small size."""
-    from transformers import ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig
+def _random_config(overrides: dict[str, Any] | None) -> tuple[dict[str, Any], Any]:
+    """The merged overrides and the ``ClapConfig`` of a random model; ValueError naming keys the
+    configs do not have (transformers would silently keep them as attributes)."""
+    from transformers import ClapAudioConfig, ClapConfig, ClapTextConfig
 
     cfg = merge_params(RANDOM_CLAP_DEFAULTS, overrides)
+    unknown = sorted(set(cfg) - set(RANDOM_CLAP_DEFAULTS))
+    for part, config_cls in (("audio", ClapAudioConfig), ("text", ClapTextConfig)):
+        if not isinstance(cfg[part], dict):
+            raise ValueError(f"the random CLAP config's {part!r} must be a mapping, got {cfg[part]!r}")
+        unknown += [f"{part}.{k}" for k in sorted(set(cfg[part]) - set(config_cls().to_dict()))]
+    if unknown:
+        raise ValueError(f"unknown keys in the random CLAP config: {', '.join(unknown)}")
     config = ClapConfig(
         audio_config=ClapAudioConfig(projection_dim=cfg["projection_dim"], **cfg["audio"]).to_dict(),
         text_config=ClapTextConfig(projection_dim=cfg["projection_dim"], **cfg["text"]).to_dict(),
         projection_dim=cfg["projection_dim"],
     )
+    return cfg, config
+
+
+def random_clap_parameters(overrides: dict[str, Any] | None = None) -> int:
+    """Parameters of :func:`random_clap` with these overrides, counted on the meta device without allocating."""
+    from transformers import ClapModel
+
+    _, config = _random_config(overrides)
+    return parameters_on_meta(lambda: ClapModel(config))
+
+
+def random_clap(overrides: dict[str, Any] | None = None, seed: int = 0) -> ClapEncoder:
+    """A seeded, randomly initialised ``ClapModel`` of the real architecture at a small size."""
+    from transformers import ClapFeatureExtractor, ClapModel
+
+    cfg, config = _random_config(overrides)
     # fork_rng keeps the caller's global torch RNG untouched while init uses the seed
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -112,14 +134,17 @@ def random_clap(overrides: dict[str, Any] | None = None, seed: int = 0) -> ClapE
     return ClapEncoder(model, fe, "random", pretrained=False)
 
 
-def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEncoder:
-    """Load a pretrained ``ClapModel`` + feature extractor by hub id or local directory."""
+def load_clap(name_or_path: str, device: str | torch.device = "cpu", local_files_only: bool = False) -> ClapEncoder:
+    """Load a pretrained ``ClapModel`` + feature extractor by hub id or local directory
+    (``local_files_only``: a hub id only from the local Hugging Face cache, never the network)."""
     from transformers import ClapFeatureExtractor, ClapModel
 
     try:
-        model = ClapModel.from_pretrained(name_or_path).eval().to(device)
-        fe = ClapFeatureExtractor.from_pretrained(name_or_path)
+        model = ClapModel.from_pretrained(name_or_path, local_files_only=local_files_only).eval().to(device)
+        fe = ClapFeatureExtractor.from_pretrained(name_or_path, local_files_only=local_files_only)
     except OSError as err:
+        if local_files_only:  # a model directory named it: say what is missing, advise no download of a name it chose
+            raise ModelNotFoundError(f"CLAP model {name_or_path!r} is not in the local Hugging Face cache, and it is never downloaded here") from None
         raise ModelNotFoundError(
             f"CLAP model {name_or_path!r} is not available here (offline or not a model directory): "
             f"on a machine with internet run `hf download {name_or_path}` "
@@ -128,8 +153,9 @@ def load_clap(name_or_path: str, device: str | torch.device = "cpu") -> ClapEnco
     return ClapEncoder(model, fe, name_or_path, pretrained=True)
 
 
-def clap_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu") -> ClapEncoder:
+def clap_from_spec(spec: dict[str, Any], device: str | torch.device = "cpu", local_files_only: bool = False) -> ClapEncoder:
     """The CLAP model a spec names (:mod:`clapart_core.encoders.spec`): ``{"checkpoint": id or dir}``
     loaded onto ``device``, or ``{"seed": s}`` (``"random"``: overrides) the seeded small model,
-    which stays on the CPU. Used by the clap stage and by raw-audio captioning alike."""
-    return checkpoint_or_random(spec, lambda name: load_clap(name, device), random_clap, "CLAP")
+    which stays on the CPU; its size is checked before it is built. Used by the clap stage and by
+    raw-audio captioning alike (``local_files_only``: never the network)."""
+    return checkpoint_or_random(spec, lambda name: load_clap(name, device, local_files_only), random_clap, "CLAP", random_clap_parameters)

@@ -44,7 +44,7 @@ import torch
 
 from clapart_core.corpus.decoded import PCM_SCALE
 from clapart_core.encoders.extract import MAX_CODEBOOK_SIZE, check_rate, parts_path
-from clapart_core.encoders.spec import ENCODEC_SAMPLE_RATE, ModelNotFoundError
+from clapart_core.encoders.spec import ENCODEC_SAMPLE_RATE, ModelNotFoundError, parameters_on_meta
 from clapart_core.pipeline.resume import ShardedRun, file_digest, plan_groups
 from clapart_core.pipeline.storage import RaggedReader, write_tokens
 
@@ -187,6 +187,35 @@ def _init_random_codebooks(model: Any, generator: torch.Generator) -> None:
         residual = residual - layer.decode(codes)[0].T
 
 
+def _random_config(overrides: dict[str, Any] | None) -> Any:
+    """The ``EncodecConfig`` of a random model; ValueError naming keys EncodecConfig does not have
+    (it would silently keep them as attributes)."""
+    from transformers import EncodecConfig
+
+    cfg = {**RANDOM_ENCODEC_DEFAULTS, **(overrides or {})}
+    unknown = sorted(set(cfg) - set(EncodecConfig().to_dict()))
+    if unknown:
+        raise ValueError(f"unknown EncodecConfig keys in the random EnCodec config: {', '.join(unknown)}")
+    return EncodecConfig(sampling_rate=ENCODEC_SAMPLE_RATE, **cfg)
+
+
+def random_encodec_parameters(overrides: dict[str, Any] | None = None) -> int:
+    """Parameters of :func:`random_encodec` with these overrides, counted on the meta device without allocating."""
+    from transformers import EncodecModel
+
+    config = _random_config(overrides)
+    return parameters_on_meta(lambda: EncodecModel(config))
+
+
+def hop_length(spec: dict[str, Any]) -> int:
+    """Samples per code frame of the EnCodec a spec names (320 for the 24 kHz model), from the
+    spec alone: the product of its ``upsampling_ratios``."""
+    from transformers import EncodecConfig
+
+    ratios = (spec.get("random") or {}).get("upsampling_ratios") if not spec.get("checkpoint") else None
+    return int(math.prod(ratios or EncodecConfig().upsampling_ratios))
+
+
 def random_encodec(overrides: dict[str, Any] | None = None, seed: int = 0, device: str | torch.device = "cpu") -> EncodecEncoder:
     """A seeded, randomly initialised ``EncodecModel`` of the 24 kHz architecture at a small width.
 
@@ -195,10 +224,10 @@ def random_encodec(overrides: dict[str, Any] | None = None, seed: int = 0, devic
     RNG is left untouched. ``spec`` records the merged config, so ``random_encodec(spec["random"],
     spec["seed"])`` rebuilds the same model even if the defaults change.
     """
-    from transformers import EncodecConfig, EncodecFeatureExtractor, EncodecModel
+    from transformers import EncodecFeatureExtractor, EncodecModel
 
     cfg = {**RANDOM_ENCODEC_DEFAULTS, **(overrides or {})}
-    config = EncodecConfig(sampling_rate=ENCODEC_SAMPLE_RATE, **cfg)
+    config = _random_config(overrides)
     # fork_rng: transformers' weight init draws from the global RNG; seed it without side effects.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -214,8 +243,9 @@ def random_encodec(overrides: dict[str, Any] | None = None, seed: int = 0, devic
     return EncodecEncoder(model, fe, "random", pretrained=False, spec={"random": cfg, "seed": seed})
 
 
-def load_encodec(name_or_path: str, device: str | torch.device = "cpu") -> EncodecEncoder:
-    """Load a pretrained ``EncodecModel`` + feature extractor by hub id or local directory.
+def load_encodec(name_or_path: str, device: str | torch.device = "cpu", local_files_only: bool = False) -> EncodecEncoder:
+    """Load a pretrained ``EncodecModel`` + feature extractor by hub id or local directory
+    (``local_files_only``: a hub id only from the local Hugging Face cache, never the network).
 
     Raises:
         ModelNotFoundError: the model is neither cached/downloadable nor a model directory.
@@ -225,9 +255,11 @@ def load_encodec(name_or_path: str, device: str | torch.device = "cpu") -> Encod
     from transformers import AutoFeatureExtractor, EncodecModel
 
     try:
-        model, info = EncodecModel.from_pretrained(name_or_path, output_loading_info=True)
-        fe = AutoFeatureExtractor.from_pretrained(name_or_path)
+        model, info = EncodecModel.from_pretrained(name_or_path, output_loading_info=True, local_files_only=local_files_only)
+        fe = AutoFeatureExtractor.from_pretrained(name_or_path, local_files_only=local_files_only)
     except OSError as err:
+        if local_files_only:  # a model directory named it: say what is missing, advise no download of a name it chose
+            raise ModelNotFoundError(f"EnCodec model {name_or_path!r} is not in the local Hugging Face cache, and it is never downloaded here") from None
         raise ModelNotFoundError(
             f"EnCodec model {name_or_path!r} is not available here (offline or not a model directory): "
             f"on a machine with internet run `hf download {ENCODEC_CHECKPOINT}` (the EnCLAP codec; "

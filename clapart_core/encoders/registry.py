@@ -31,6 +31,7 @@ from clapart_core.encoders.spec import (
     BEATS_SAMPLE_RATE,
     CLAP_SAMPLE_RATE,
     ENCODEC_SAMPLE_RATE,
+    check_random_size,
     checkpoint_or_random,
 )
 
@@ -76,6 +77,37 @@ class TokenType:
     spec_keys: tuple[str, ...] = ()
 
     @property
+    def spec_fields(self) -> frozenset[str]:
+        """The keys a spec of this type may have (a model directory's ``frontend.json`` is checked against them)."""
+        return frozenset(("checkpoint", "random", "seed", *self.spec_keys))
+
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip its encoder gets, in samples at :attr:`sample_rate`: one BEATs patch
+        (0.175 s) for every type, shorter clips being padded with silence to it
+        (:func:`clapart_core.corpus.audio.pad_to_min`), as the decode stage pads them."""
+        from clapart_core.corpus.audio import min_clip_samples
+
+        return min_clip_samples(self.sample_rate)
+
+    def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
+        """Seconds of audio whose codes fill ``n_codes`` time steps (what a captioner with
+        ``max_frames = n_codes`` reads of a clip), for the encoder ``spec`` names."""
+        raise NotImplementedError
+
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        """Parameters of the seeded random encoder with these size overrides, counted without
+        allocating (ValueError for unknown keys)."""
+        raise NotImplementedError
+
+    def check_spec_size(self, spec: dict[str, Any]) -> None:
+        """Refuse, before anything is built, a random spec whose sizes are unknown keys or exceed
+        :data:`clapart_core.encoders.spec.MAX_RANDOM_PARAMETERS` (a spec naming a checkpoint passes:
+        the file's size bounds it)."""
+        if not spec.get("checkpoint"):
+            check_random_size(self.encoder_name, spec.get("random"), self.random_parameters)
+
+    @property
     def suffix(self) -> str:
         """The features stage's file per split: features HDF5 (quantised later) or token Parquet."""
         return ".h5" if self.codebooks else ".parquet"
@@ -93,7 +125,7 @@ class TokenType:
         }
 
     # ----------------------------------------------------------------- model-facing, per subclass
-    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
         """The encoder ``spec`` names, on ``device`` (see :func:`encoder_from_spec`)."""
         raise NotImplementedError
 
@@ -203,14 +235,24 @@ class _Beats(TokenType):
             raise ValueError("shorter than one BEATs patch (0.175 s), nothing to caption")
         return torch.from_numpy(wave)[None].to(encoder.device), n
 
+    def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
+        # ceil(n / 8) time patches of 16 fbank frames; F frames need 400 + 160 (F - 1) samples
+        frames = -(-int(n_codes) // self.freq_patches) * 16
+        return (400 + 160 * (frames - 1)) / self.sample_rate
+
 
 class _BeatsRvq(_Beats):
     """BEATs patch features, quantised by ``tokenize`` with the residual k-means codebooks (the paper)."""
 
-    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        from clapart_core.encoders.beats import random_beats_parameters
+
+        return random_beats_parameters(overrides)
+
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
         from clapart_core.encoders.beats import load_beats, random_beats
 
-        model = checkpoint_or_random(spec, load_beats, random_beats, "BEATs").to(device)
+        model = checkpoint_or_random(spec, load_beats, random_beats, "BEATs", self.random_parameters).to(device)
         return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
 
     def extract(
@@ -236,10 +278,15 @@ class _BeatsRvq(_Beats):
 class _BeatsTokenizer(_Beats):
     """The official BEATs acoustic tokenizer (BEATs-AT): one code of its codebook per patch."""
 
-    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        from clapart_core.encoders.beats import random_beats_parameters
+
+        return random_beats_parameters(overrides, tokenizer=True)
+
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
         from clapart_core.encoders.beats import load_beats_tokenizer, random_beats_tokenizer
 
-        model = checkpoint_or_random(spec, load_beats_tokenizer, random_beats_tokenizer, "BEATs tokenizer").to(device)
+        model = checkpoint_or_random(spec, load_beats_tokenizer, random_beats_tokenizer, "BEATs tokenizer", self.random_parameters).to(device)
         return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
 
     def extract(
@@ -264,10 +311,26 @@ class _BeatsTokenizer(_Beats):
 class _Encodec(TokenType):
     """EnCodec's residual-VQ codes at ``bandwidth`` kbps (the EnCLAP baseline)."""
 
-    def build(self, spec: dict[str, Any], device: str) -> Encoder:
+    def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
+        from clapart_core.encoders.encodec import hop_length
+
+        return int(n_codes) * hop_length(spec) / self.sample_rate  # T = ceil(S / hop)
+
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        from clapart_core.encoders.encodec import random_encodec_parameters
+
+        return random_encodec_parameters(overrides)
+
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
         from clapart_core.encoders.encodec import load_encodec, random_encodec
 
-        codec = checkpoint_or_random(spec, lambda name: load_encodec(name, device), lambda cfg, seed: random_encodec(cfg, seed, device), "EnCodec")
+        codec = checkpoint_or_random(
+            spec,
+            lambda name: load_encodec(name, device, local_files_only),
+            lambda cfg, seed: random_encodec(cfg, seed, device),
+            "EnCodec",
+            self.random_parameters,
+        )
         # recorded: the merged random config (not the overrides), so the spec outlives a change of defaults
         return Encoder(self, codec, codec.model, {**codec.spec, "bandwidth": float(spec["bandwidth"])}, codec.pretrained, device)
 
@@ -315,16 +378,19 @@ def token_type(name: str) -> TokenType:
     return TOKEN_TYPES[name]
 
 
-def encoder_from_spec(type_name: str, spec: dict[str, Any], device: str = "cpu") -> Encoder:
+def encoder_from_spec(type_name: str, spec: dict[str, Any], device: str = "cpu", local_files_only: bool = False) -> Encoder:
     """Rebuild the encoder of token type ``type_name`` from its spec, on ``device``: the checkpoint
-    when the spec names one, else the seeded random model (:func:`clapart_core.encoders.spec.checkpoint_or_random`).
+    when the spec names one, else the seeded random model (:func:`clapart_core.encoders.spec.checkpoint_or_random`),
+    whose size is checked before it is allocated.
 
     ``spec``: the features stage's ``encoder`` settings, or the ``encoder.spec`` a token file or a
-    model directory records (what raw-audio captioning rebuilds).
+    model directory records (what raw-audio captioning rebuilds). ``local_files_only``: a hub id
+    is read from the local Hugging Face cache only, never the network (``clapart caption``).
 
     Raises:
-        ValueError: unknown type, or a spec naming neither a checkpoint nor a seed.
+        ValueError: unknown type, a spec naming neither a checkpoint nor a seed, or random sizes
+            that are unknown keys or too large.
         clapart_core.pipeline.checkpoints.CheckpointError: a BEATs checkpoint that is refused.
         clapart_core.encoders.spec.ModelNotFoundError: a hub model that is not here.
     """
-    return token_type(type_name).build(spec, device)
+    return token_type(type_name).build(spec, device, local_files_only)
