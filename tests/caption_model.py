@@ -31,7 +31,7 @@ BEATS_SPEC = {
 }
 CLAP_SPEC = {"checkpoint": None, "random": {"projection_dim": 16}, "seed": 4}
 PITCHES = {220.0: "a low hum", 440.0: "a middle beep", 880.0: "a high whistle", 1760.0: "a shrill squeal", 330.0: "a soft drone", 660.0: "a bright tone"}
-MAX_FRAMES = 64  # codes the captioner reads: 8 BEATs time patches, 1.295 s
+MAX_FRAMES = 512  # codes the captioner reads: 64 BEATs time patches, 10.255 s
 DECODE_MAX_SECONDS = 30.0  # what the decode stage would crop at (recorded in frontend.json)
 
 
