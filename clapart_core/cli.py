@@ -270,21 +270,57 @@ def import_enclap(
     typer.echo(f"{src} -> {out} ({summary['n_parameters']} parameters, EnCodec front end, tokenizer {tokenizer})")
 
 
+EVALUATE_FORMATS = ("table", "json", "csv")
+
+
 @app.command()
 def evaluate(
-    predictions: Annotated[Path, typer.Option(help="CSV with file_name, caption_predicted.")],
-    references: Annotated[Path, typer.Option(help="Clotho-style CSV: file_name, caption_1..caption_5.")],
-    out: Annotated[Path | None, typer.Option(help="Where to write the scores as JSON.")] = None,
+    predictions: Annotated[Path, typer.Option(help="CSV with file_name, caption_predicted (data/predictions/test.csv).")],
+    references: Annotated[Path, typer.Option(help="Clotho-style CSV: file_name, caption_1..caption_N (the corpus's test CSV).")],
+    out: Annotated[Path | None, typer.Option(help="Also write the scores here as the score stage does: OUT (numbers) and OUT's _notes.json.")] = None,
+    per_clip: Annotated[Path | None, typer.Option(help="Also write the per-clip table (worst CIDEr-D first) here.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="stdout: table, json (= metrics/scores.json's shape) or csv.")] = "table",
 ) -> None:
-    """Score any caption file against references with the DCASE metrics."""
-    from clapart_core.scoring.metrics import ScoringInputError, evaluate_files
+    """Score any caption file against references with the DCASE metrics.
+
+    stdout holds the scores in one format; stderr the notes (unavailable metrics, empty
+    predictions) and the time per 1,000 captions. Output files are checked before scoring and
+    written atomically.
+    """
+    if fmt not in EVALUATE_FORMATS:
+        _fail(f"--format {fmt!r} is not one of {', '.join(EVALUATE_FORMATS)}")
+    from clapart_core.scoring.metrics import (
+        ScoringInputError,
+        ScoringSetupError,
+        check_writable,
+        evaluate_files,
+        format_scores_csv,
+        format_scores_table,
+        metric_values,
+        timing_summary,
+    )
 
     try:
-        scores = evaluate_files(predictions, references, out)
-    except ScoringInputError as err:
-        typer.echo(f"error: {err}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(scores, indent=2))
+        for path, what in ((out, "--out"), (per_clip, "--per-clip")):
+            if path is not None:
+                check_writable(path, what)
+        result = evaluate_files(
+            predictions, references, out, per_clip_csv=per_clip, show=False, progress=True,
+            warn=lambda text: typer.echo(f"warning: {text}", err=True),
+        )
+    except (ScoringInputError, ScoringSetupError) as err:
+        _fail(str(err))
+    except OSError as err:  # e.g. the disk filled up while writing --out: nothing half-written is left
+        _fail(f"could not write the scores ({err.strerror or err}: {err.filename or out})")
+    if fmt == "json":
+        typer.echo(json.dumps(metric_values(result), indent=2))
+    elif fmt == "csv":
+        typer.echo(format_scores_csv(result), nl=False)
+    else:
+        typer.echo(format_scores_table(result))
+    for name, reason in (result.get("unavailable") or {}).items():
+        typer.echo(f"note: {name} unavailable: {_one_line(reason)}", err=True)
+    typer.echo(timing_summary(result["n_clips"], result["seconds"]), err=True)
 
 
 @app.command()

@@ -34,11 +34,15 @@ from clapart_core.scoring.metrics import (
     _ConstantCiderD,
     constant_caption_baseline,
     evaluate_files,
+    format_scores_csv,
     main,
+    metric_values,
     ptb_tokenize,
     score,
     score_with_details,
+    timing_summary,
     write_per_clip_csv,
+    write_scores,
 )
 
 # 24 clips x 5 references. Candidates exercise what the PTB tokenizer and the metrics must
@@ -442,9 +446,14 @@ def test_evaluate_files_scores_writes_json_and_per_clip(
     result = evaluate_files(preds, refs, out_json, per_clip_csv=per_clip, metrics=names, cache_path=cache_dir)
     for name in names:
         assert abs(result[name] - EXPECTED[name]) < TOL
-    assert result["n_clips"] == len(IDS)
-    assert json.loads(out_json.read_text()) == result
+    assert result["n_clips"] == len(IDS) and result["all_empty"] is False
+    # the score stage's two files: the numbers, and the context beside them
+    assert json.loads(out_json.read_text()) == metric_values(result) == {name: result[name] for name in names}
+    notes = json.loads((out_json.parent / "scores_notes.json").read_text())
+    assert notes["n_clips"] == len(IDS) and notes["references"] == str(refs)
+    assert not list(out_json.parent.glob("*.partial"))
     assert "cider_d" in capsys.readouterr().out
+    assert set(result["seconds"]) == {"ptb_tokenizer", "bleu", "rouge_l", "cider_d", "total"}
 
     with per_clip.open(newline="", encoding="utf-8") as f:
         table = list(csv.DictReader(f))
@@ -454,6 +463,110 @@ def test_evaluate_files_scores_writes_json_and_per_clip(
     assert values == sorted(values)
     best = max(conformance["rows"], key=lambda r: r["cider_d"])
     assert table[-1]["clip_id"] == best["clip_id"] and table[-1]["candidate"] == best["candidate"]
+
+
+@pytest.mark.parametrize(
+    ("pred_id", "how"),
+    [
+        ("audio/test/clip_00", "only by extension"),
+        ("clip_00.wav", "only by folder"),
+        ("clip_00.flac", "by folder and extension"),
+    ],
+)
+def test_an_id_that_differs_only_by_extension_or_folder_is_named(tmp_path: Path, pred_id: str, how: str) -> None:
+    """The pipeline once wrote `audio/test/demo_00001` where the corpus CSV says `audio/test/demo_00001.wav`."""
+    refs = _write(tmp_path / "refs.csv", ["file_name", "caption_1"], [["audio/test/clip_00.wav", "a dog barks"], ["audio/test/clip_01.wav", "rain"]])
+    preds = _write(tmp_path / "pred.csv", ["file_name", "caption_predicted"], [[pred_id, "a dog"], ["audio/test/clip_01.wav", "rain"]])
+    with pytest.raises(ScoringInputError) as info:
+        evaluate_files(preds, refs, None, show=False)
+    assert str(info.value) == (
+        f"1 clip(s) of {refs} have no prediction in {preds} (e.g. 'audio/test/clip_00.wav'); {preds} names "
+        f"'audio/test/clip_00.wav' as {pred_id!r}, which differs {how}: both files must name a clip by its file_name "
+        "as the corpus's caption CSV writes it."
+    )
+
+
+@pytest.mark.parametrize("where", ["folder", "file_as_folder", "read_only"])
+def test_an_output_that_cannot_be_written_is_refused_before_scoring(
+    good_files: tuple[Path, Path], tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clapart_core.scoring import metrics
+
+    monkeypatch.setattr(metrics, "score_with_details", lambda *a, **k: pytest.fail("scored before checking the output"))
+    preds, refs = good_files
+    if where == "folder":
+        out, expected = tmp_path, f"Scores file {tmp_path} is a folder; give a file name."
+    elif where == "file_as_folder":
+        out, expected = preds / "scores.json", f"Scores file {preds / 'scores.json'} cannot be written: {preds} is not a folder."
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        if os.geteuid() == 0:  # root may write anyway: let os.access answer as it does for a user
+            real_access = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+        out = locked / "scores.json"
+        expected = f"Scores file {out} cannot be written: {locked} is not writable."
+    with pytest.raises(ScoringInputError) as info:
+        evaluate_files(preds, refs, out, show=False)
+    assert str(info.value) == expected
+
+
+def test_all_empty_predictions_warn_and_long_inputs_show_progress_and_timing(
+    tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    n = 1000
+    refs = _write(tmp_path / "refs.csv", ["file_name", "caption_1", "caption_2"], [[f"c{i}.wav", f"a dog barks {i}", "rain falls"] for i in range(n)])
+    preds = _write(tmp_path / "pred.csv", ["file_name", "caption_predicted"], [[f"c{i}.wav", ""] for i in range(n)])
+    warnings: list[str] = []
+    names = ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d")
+    result = evaluate_files(preds, refs, None, metrics=names, cache_path=cache_dir, show=False, progress=True, warn=warnings.append)
+    assert warnings == [f"every prediction in {preds} is empty: these are the scores of empty captions"]
+    assert result["all_empty"] is True and result["cider_d"] == 0.0
+    assert "scoring" in capsys.readouterr().err  # the tqdm bar over the steps
+    line = timing_summary(n, result["seconds"])
+    assert line.startswith(f"scored {n} captions in ") and " s per 1,000 captions: " in line and "ptb_tokenizer" in line
+
+
+def test_scores_as_csv_are_the_metric_values() -> None:
+    scores = {"bleu_1": 0.5, "meteor": 0.25, "spice": None, "spider": None, "fense": None, "n_clips": 3, "unavailable": {"spice": "no"}}
+    assert format_scores_csv(scores) == "bleu_1,meteor,spice,spider\n0.5,0.25,,\n"
+
+
+def test_clapart_evaluate_json_equals_what_the_score_stage_writes(
+    good_files: tuple[Path, Path], tmp_path: Path, cache_dir: Path, conformance: dict[str, Any]
+) -> None:
+    """The same captions scored both ways: the score stage's metrics/scores.json (score_with_details
+    + write_scores) and `clapart evaluate --format json` on the CSVs, which also writes --out."""
+    from typer.testing import CliRunner
+
+    from clapart_core.cli import app
+
+    stage_scores, _ = write_scores(conformance["ours"], tmp_path / "metrics" / "scores.json", n_clips=len(IDS))
+    preds, refs = good_files
+    out = tmp_path / "eval" / "scores.json"
+    args = ["evaluate", "--predictions", str(preds), "--references", str(refs), "--format", "json", "--out", str(out)]
+    result = CliRunner(env={"AAC_METRICS_CACHE_PATH": str(cache_dir)}).invoke(app, args)
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed == json.loads(stage_scores.read_text()) == json.loads(out.read_text())
+    err = result.stderr.splitlines()
+    assert err[-1].startswith(f"scored {len(IDS)} captions in ") and "meteor" in err[-1]
+    assert all(line.startswith("note: ") for line in err[:-1])  # the unavailable metrics' reasons, one line each
+
+
+def test_clapart_evaluate_refuses_a_bad_format_or_output_in_one_line(good_files: tuple[Path, Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from clapart_core.cli import app
+
+    preds, refs = good_files
+    base = ["evaluate", "--predictions", str(preds), "--references", str(refs)]
+    result = CliRunner().invoke(app, [*base, "--format", "yaml"])
+    assert result.exit_code == 2 and result.stderr.splitlines() == ["error: --format 'yaml' is not one of table, json, csv"]
+    result = CliRunner().invoke(app, [*base, "--out", str(tmp_path)])
+    assert result.exit_code == 2 and result.stderr.splitlines() == [f"error: --out {tmp_path} is a folder; give a file name."]
+    assert result.stdout == ""
 
 
 def test_per_clip_csv_puts_unavailable_values_last(tmp_path: Path) -> None:

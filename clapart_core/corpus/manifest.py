@@ -21,6 +21,15 @@ repository such as a ``dvc exp run`` workspace) and an absolute root as is;
 
 Audio paths never leave the root: :func:`resolve_audio_path` refuses absolute paths and ``..``.
 
+One id convention for everything a user compares (:func:`file_names`): predictions
+(``data/predictions/test.csv``), per-clip tables and the corpus's own caption CSVs name a clip by
+its ``file_name`` *as that corpus's caption CSV writes it* — the path relative to the root for a
+``folder`` corpus and the demo (``audio/test/demo_00001.wav``), the bare file name for Clotho
+(whose CSVs say ``Santa Motor.wav``) and AudioCaps (``{youtube_id}_{start}.flac``, the file
+aac-datasets writes). So ``clapart evaluate --predictions data/predictions/test.csv --references
+<the corpus's test CSV>`` matches clip for clip. ``clip_id`` stays the internal key of the feature
+and token files.
+
 The readers that build a manifest from a corpus on disk are in :mod:`clapart_core.corpus.sources`
 (:func:`clapart_core.corpus.build.build_manifest` picks one by ``data.source``); this module
 holds only the contract, so the stages that read a manifest import nothing else of the corpus.
@@ -50,6 +59,7 @@ __all__ = [
     "ManifestError",
     "check_relative",
     "corpus_report",
+    "file_names",
     "read_manifest",
     "resolve_audio_path",
     "validate_manifest",
@@ -72,6 +82,9 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 _MAX_EXAMPLES = 50  # file names kept per problem list in the stored report
+#: sources whose caption CSVs name a clip by its bare file name (Clotho's ``file_name`` column;
+#: AudioCaps' audio files are ``{youtube_id}_{start}.{ext}`` in one folder per split)
+_BARE_NAME_SOURCES = frozenset({"clotho", "audiocaps"})
 
 
 class ManifestError(ValueError):
@@ -157,6 +170,16 @@ def resolve_audio_path(root: str | Path, rel: str) -> Path:
     a root that is itself a symlink into a data disk still works.
     """
     return Path(root) / check_relative(rel, f"corpus root {root}")
+
+
+def file_names(table: pa.Table) -> dict[str, str]:
+    """``clip_id -> file_name``: the id a clip has in its corpus's caption CSV, the one predictions
+    and per-clip tables use (see the module docstring): ``audio_path`` for ``folder`` and ``demo``
+    corpora, its last component for Clotho and AudioCaps (source from the table's metadata)."""
+    source = (table.schema.metadata or {}).get(SOURCE_KEY, b"").decode()
+    paths = table.column("audio_path").to_pylist()
+    names = [PurePosixPath(p).name for p in paths] if source in _BARE_NAME_SOURCES else paths
+    return dict(zip(table.column("clip_id").to_pylist(), names, strict=True))
 
 
 def with_metadata(table: pa.Table, *, root: str, source: str, report: CorpusReport | None) -> pa.Table:

