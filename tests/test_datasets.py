@@ -72,6 +72,16 @@ def test_folder_round_trip(corpus: Path, tmp_path: Path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["manifest.parquet"]  # no temp left
 
 
+def test_predictions_name_a_folder_corpus_clip_by_its_csv_file_name(corpus: Path, tmp_path: Path) -> None:
+    """manifest.file_names: the file_name column of the corpus CSV (the id `clapart evaluate` matches), after a round trip."""
+    from clapart_core.corpus.manifest import file_names
+
+    table, _ = scan_folder_corpus(corpus)
+    write_manifest(table, tmp_path / "manifest.parquet")
+    back, _ = read_manifest(tmp_path / "manifest.parquet")
+    assert file_names(back) == {"dev/a": "dev/a.wav", "dev/b": "dev/b.flac", "eval/c": "eval/c.wav"}
+
+
 def test_relative_root_survives_moving_cwd(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     table = read_folder_corpus(Path("corpus"))

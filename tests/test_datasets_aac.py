@@ -140,6 +140,19 @@ def test_clotho_layout_to_manifest(clotho_root: Path, tmp_path: Path, no_aac_dat
     assert all(resolve_audio_path(root, p).is_file() for p in back.column("audio_path").to_pylist())
 
 
+def test_predictions_name_a_clotho_clip_by_its_bare_file_name(clotho_root: Path, no_aac_datasets: None) -> None:
+    """Clotho's CSVs (and DCASE submissions) name clips by the bare file name, spaces and commas included."""
+    from clapart_core.corpus.manifest import file_names
+
+    table, _ = scan_clotho_corpus(clotho_root)
+    names = file_names(table)
+    assert sorted(names.values()) == sorted(["Rain, on a roof.wav", "Café terrace.wav", "door slam 01.wav", "birds  at dawn.wav"])
+    with clotho_paths(clotho_root, "test")[0].open(newline="", encoding="utf-8") as f:
+        csv_names = [row["file_name"] for row in csv.DictReader(f)]
+    test_ids = [c for c, s in zip(table.column("clip_id").to_pylist(), table.column("split").to_pylist(), strict=True) if s == "test"]
+    assert [names[c] for c in test_ids] == csv_names
+
+
 def test_clotho_csv_encoding_quirks(clotho_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     # A UTF-8 byte-order mark must not end up in the first column name, and an ISO-8859-1
     # file (the encoding of Clotho's metadata CSVs) decodes with a warning instead of failing.

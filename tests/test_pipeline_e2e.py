@@ -8,6 +8,7 @@ exactly tokenize -> train -> score; `dvc metrics diff` then shows both runs' sco
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -42,6 +43,14 @@ def _run(args: list[str], cwd: Path) -> str:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(args)} failed:\n{out[-4000:]}"
     return out
+
+
+def _run_stdout(args: list[str], cwd: Path) -> str:
+    """stdout alone (stderr carries notes and timings)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(args)} failed:\n{proc.stderr[-4000:]}"
+    return proc.stdout
 
 
 def _ran(output: str) -> list[str]:
@@ -96,14 +105,22 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
 
     stereo = np.stack([resample(mono, sr, 44100)] * 2, axis=1)
     sf.write(project / "mine.flac", stereo, 44100)
-    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"]
+    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20", "--format", "jsonl"]
     cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), "mine.flac", *options], project)
-    lines = [line for line in cap.splitlines() if "\t" in line]
-    assert len(lines) == 2 and all(line.split("\t", 1)[1].strip() for line in lines)
-    # the pipeline's own caption of that test clip is reproduced from the raw file
-    predicted = dict(line.split(",", 1) for line in (project / "data/predictions/test.csv").read_text().splitlines()[1:])
-    clip_id = str(wav.relative_to(project / "data/corpus/demo").with_suffix(""))
-    assert lines[0].split("\t", 1)[1].strip() == predicted[clip_id].strip('"')
+    records = [json.loads(line) for line in cap.splitlines() if line.startswith("{")]
+    assert len(records) == 2 and all(r["caption"] and r["error"] is None for r in records)
+    # the pipeline's own caption of that test clip is reproduced from the raw file; predictions name
+    # it by its file_name as the corpus CSV writes it
+    with (project / "data/predictions/test.csv").open(newline="") as f:
+        predicted = {row["file_name"]: row["caption_predicted"] for row in csv.DictReader(f)}
+    assert records[0]["caption"] == predicted[wav.relative_to(project / "data/corpus/demo").as_posix()]
+    # and evaluate against the corpus's own test CSV gives exactly the score stage's numbers
+    evaluated = _run_stdout(
+        [sys.executable, "-m", "clapart_core.cli", "evaluate", "--format", "json",
+         "--predictions", "data/predictions/test.csv", "--references", "data/corpus/demo/test.csv"],
+        project,
+    )
+    assert json.loads(evaluated) == json.loads((project / "metrics/scores.json").read_text())
 
     _run(["git", "add", "-A"], project)
     _run(["git", "commit", "-qm", "baseline run"], project)
