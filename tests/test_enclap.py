@@ -482,6 +482,31 @@ def test_clapart_caption_runs_an_imported_directory_end_to_end(imported: dict[st
     assert caption  # the random model does produce words
 
 
+def test_import_copies_a_local_clap_folder_into_the_model_directory(imported: dict[str, Path], tmp_path: Path) -> None:
+    """--clap DIR (a local model folder) is copied to OUT/frontend/clap/DIR's name and recorded as
+    that relative path: the directory names nothing outside itself and captions without the original."""
+    from clapart_core.captioner.frontend import load_frontend
+    from clapart_core.encoders.clap import random_clap
+
+    clap = random_clap(CLAP_SPEC["random"], seed=CLAP_SPEC["seed"])
+    local = tmp_path / "my-clap"
+    clap.model.save_pretrained(str(local))
+    clap.feature_extractor.save_pretrained(str(local))
+    out = tmp_path / "model"
+    args = ["import-enclap", str(imported["source"]), str(out), "--tokenizer", str(imported["tokenizer"]), "--encodec", json.dumps(ENCODEC_SPEC)]
+    result = CliRunner().invoke(app, [*args, "--clap", str(local)])
+    assert result.exit_code == 0, result.output
+    front = load_frontend(out)
+    assert front["clap"]["spec"] == {"checkpoint": "frontend/clap/my-clap", "seed": 0} and front["clap"]["pretrained"] is True
+    assert (out / "frontend/clap/my-clap/config.json").is_file()
+    shutil.rmtree(local)
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, 0.3 * np.sin(np.arange(9600) / 24_000 * 2 * np.pi * 440).astype(np.float32), 24_000)
+    result = CliRunner().invoke(app, ["caption", str(clip), "--model", str(out), "--device", "cpu", "--max-length", "20", "--format", "jsonl"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["caption"]
+
+
 def test_import_refuses_a_front_end_that_cannot_make_the_checkpoints_codes(tmp_path: Path) -> None:
     """The fixture's K = 50 is no EnCodec codebook size (powers of two): refused in one sentence."""
     tokenizer = tiny_tokenizer(tmp_path / "tokenizer")
