@@ -8,6 +8,7 @@ peak RSS comes from ``wait4`` (``ru_maxrss``, the kernel's high-water mark).
 Run from the project root::
 
     python -m bench.caption_memory                    # a tiny model built here (tests/caption_model.py)
+    python -m bench.caption_memory --demo-encoder     # the same with the demo's BEATs sizes (params.yaml beats.random)
     python -m bench.caption_memory --model data/model # the demo model (after `dvc repro`)
 """
 
@@ -68,15 +69,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model directory (default: build the tests' tiny model)")
     parser.add_argument("--window", type=float, default=10.0, help="also caption the 10-minute file with --window (0: skip)")
+    parser.add_argument("--demo-encoder", action="store_true", help="build the model with params.yaml's beats.random sizes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clapart-caption-mem-") as tmp:
         work = Path(tmp)
         model = args.model
         if model is None:
             sys.path.insert(0, str(ROOT / "tests"))
+            import yaml
             from caption_model import build_model_dir
 
-            model = build_model_dir(work)
+            sizes = yaml.safe_load((ROOT / "params.yaml").read_text())["beats"]["random"] if args.demo_encoder else None
+            model = build_model_dir(work, beats_random=sizes)
         for line in measure(model, work, args.window or None):
             print(line, flush=True)
 

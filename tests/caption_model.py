@@ -46,11 +46,13 @@ def _pcm(wave: np.ndarray) -> np.ndarray:
     return (np.round(wave * 32767.0) / 32767.0).astype(np.float32)
 
 
-def build_model_dir(root: Path) -> Path:
-    """Write ``root/model`` (and its inputs under ``root``); returns the model directory."""
+def build_model_dir(root: Path, beats_random: dict | None = None) -> Path:
+    """Write ``root/model`` (and its inputs under ``root``); returns the model directory.
+    ``beats_random``: other BEATs sizes (e.g. the demo's ``beats.random``) instead of the tiny ones."""
     torch.manual_seed(0)
     kind = token_type("beats_rvq")
-    encoder = encoder_from_spec(kind.name, BEATS_SPEC)
+    spec = BEATS_SPEC if beats_random is None else {**BEATS_SPEC, "random": beats_random}
+    encoder = encoder_from_spec(kind.name, spec)
     clap = clap_from_spec(CLAP_SPEC)
     waves = {f: tone(f, 1.0, seed=i) for i, f in enumerate(PITCHES)}
     with torch.no_grad():
