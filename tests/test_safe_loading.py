@@ -77,18 +77,25 @@ def test_features_stage_refuses_crafted_checkpoint(tmp_path: Path, etype: str, s
 
 def test_caption_cli_refuses_crafted_encoder_checkpoint(tmp_path: Path) -> None:
     """`clapart caption` rebuilds the encoder named by the model's frontend.json: a tampered
-    entry pointing at a crafted pickle is refused before anything runs."""
+    entry pointing at a crafted pickle (inside the directory, where frontend.json paths must be)
+    is refused before anything runs."""
+    from clapart_core.captioner.model import ClapArtConfig, small_bart_config
     from clapart_core.cli import app
 
     marker = tmp_path / "pwned"
-    evil = _evil_checkpoint(tmp_path / "evil.pt", marker)
     model = tmp_path / "model"
-    model.mkdir()
-    frontend = {"encoder_type": "beats_rvq", "encoder": {"spec": {"checkpoint": str(evil)}, "weights_sha256": "0"}, "num_codebooks": 1, "clap": None}
-    (model / "frontend.json").write_text(json.dumps(frontend))
-    result = CliRunner().invoke(app, ["caption", "clip.wav", "--model", str(model), "--device", "cpu"])
+    (model / "frontend" / "encoder").mkdir(parents=True)
+    _evil_checkpoint(model / "frontend" / "encoder" / "evil.pt", marker)
+    ClapArtConfig(bart=small_bart_config(50, 16, 1, 1, 2, 32), num_codebooks=1, codebook_size=8, use_clap=False).save_pretrained(str(model))
+    spec = {"checkpoint": "frontend/encoder/evil.pt", "random": None, "seed": 0}
+    encoder = {"name": "beats", "spec": spec, "pretrained": True, "weights_sha256": "0" * 16}
+    (model / "frontend.json").write_text(json.dumps({"encoder_type": "beats_rvq", "encoder": encoder, "num_codebooks": 1, "clap": None}))
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, np.zeros(16_000, np.float32), 16_000)
+    result = CliRunner().invoke(app, ["caption", str(clip), "--model", str(model), "--device", "cpu"])
     assert result.exit_code == 2, result.output
-    assert "refused by torch.load(weights_only=True)" in result.output
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ") and "refused by torch.load(weights_only=True)" in line
     assert not marker.exists()
 
 
