@@ -512,6 +512,23 @@ def test_an_output_that_cannot_be_written_is_refused_before_scoring(
     assert str(info.value) == expected
 
 
+def test_a_full_disk_while_writing_the_scores_leaves_nothing_half_written(
+    good_files: tuple[Path, Path], tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    preds, refs = good_files
+    out = tmp_path / "out" / "scores.json"
+    real_write = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        real_write(self, data[: len(data) // 2])  # half the bytes reach the temporary file, then the disk is full
+        raise OSError(28, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        evaluate_files(preds, refs, out, metrics=("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider_d"), cache_path=cache_dir, show=False)
+    assert list(out.parent.iterdir()) == []  # neither scores.json nor its .partial
+
+
 def test_all_empty_predictions_warn_and_long_inputs_show_progress_and_timing(
     tmp_path: Path, cache_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
