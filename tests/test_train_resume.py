@@ -45,12 +45,7 @@ SEED = 5
 KILL_IN_SAVE = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_examples(n: int, seed: int) -> list[CaptionExample]:
