@@ -22,7 +22,7 @@ STAGES = {
     "corpus": "Build data/corpus/manifest.parquet (generates the demo corpus for data.source=demo).",
     "configure": "Resolve params.yaml into the settings that apply to encoder.type; check named models exist (data/config).",
     "decode": "Decode every clip to mono PCM at the encoders' sample rates; skip/flag report (data/audio, metrics/decode.json).",
-    "features": "BEATs patch features, or the codes of beats_tokenizer / encodec, per split (data/features/encoder).",
+    "features": "The token encoder's outputs per split: BEATs patch features, or a discrete encoder's codes (data/features/encoder).",
     "clap": "Extract the global CLAP audio embedding per clip (data/features/clap).",
     "codebooks": "Fit the residual k-means codebooks on training features (data/codebooks/rvq.npz).",
     "tokenize": "Token Parquet per split: RVQ codes of the first rvq.layers codebooks, or the discrete codes (data/tokens).",

@@ -237,9 +237,9 @@ class _BeatsTokenizer(_Beats):
     """The official BEATs acoustic tokenizer (BEATs-AT): one code of its codebook per patch."""
 
     def build(self, spec: dict[str, Any], device: str) -> Encoder:
-        from clapart_core.encoders.beats import load_beats_tokenizer, random_beats_tokenizer
+        from clapart_core.encoders.beats import load_acoustic_tokenizer, random_acoustic_tokenizer
 
-        model = checkpoint_or_random(spec, load_beats_tokenizer, random_beats_tokenizer, "BEATs tokenizer").to(device)
+        model = checkpoint_or_random(spec, load_acoustic_tokenizer, random_acoustic_tokenizer, "BEATs tokenizer").to(device)
         return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
 
     def extract(
@@ -306,6 +306,8 @@ TOKEN_TYPES: dict[str, TokenType] = {
         ),
     )
 }
+#: the EnCLAP baseline's token type: EnCLAP checkpoints read EnCodec codes (``clapart import-enclap``)
+ENCLAP_TOKEN_TYPE: TokenType = TOKEN_TYPES["encodec"]
 
 
 def token_type(name: str) -> TokenType:
