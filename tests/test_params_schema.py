@@ -19,8 +19,8 @@ import yaml
 from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.pipeline.config import PreflightError, preflight
 from clapart_core.pipeline.errors import ParamsError
-from clapart_core.pipeline.params import run_stage
-from clapart_core.pipeline.schema import Params, validate_params
+from clapart_core.pipeline.params import FINETUNE_SECTIONS, run_stage
+from clapart_core.pipeline.schema import FinetunePhase, Params, validate_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -69,6 +69,7 @@ def test_shipped_params_and_profiles_are_valid():
         validate_params(yaml.safe_load(path.read_text()), path.name)
     # every token type's encoder settings are a section of the schema (a new type needs its line)
     assert {t.section for t in TOKEN_TYPES.values()} <= set(Params.model_fields)
+    assert set(FinetunePhase.model_fields) == set(FINETUNE_SECTIONS)
 
 
 # failure 4 of issue 13: each passed configure and failed late or never

@@ -9,6 +9,8 @@ import os
 import shutil
 from pathlib import Path
 
+import h5py
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -24,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
 
-def test_what_counts_as_a_users_mistake():
+def test_what_counts_as_a_users_mistake(tmp_path):
     for err in (ManifestError("m"), CheckpointError("c"), ModelNotFoundError("n"), AudioDecodeError("a.wav", "empty", "0 bytes"), ParamsError("p")):
         assert isinstance(err, UserError) and describe(err) is not None
     assert describe(OSError(errno.ENOSPC, "No space left on device", "data/x.h5")) == (
@@ -36,6 +38,12 @@ def test_what_counts_as_a_users_mistake():
     h5 = OSError("Unable to synchronously create file (unable to open file: name = 'a.h5', errno = 30, error message = 'Read-only file system')")
     assert describe(h5).startswith("Unable to synchronously create file") and "run from a writable copy" in describe(h5)
     assert describe(OSError("IOError: No space left on device")) is not None
+    with pytest.raises(OSError) as missing_h5:
+        h5py.File(tmp_path / "none.h5", "r")
+    assert f"name = '{tmp_path / 'none.h5'}'" in describe(missing_h5.value)  # its own words, case kept
+    with pytest.raises(OSError) as missing_parquet:  # pyarrow: FileNotFoundError without a number
+        pq.read_table(tmp_path / "none.parquet")
+    assert describe(missing_parquet.value) == f"{tmp_path / 'none.parquet'}: no such file or directory"
     # a bug keeps its traceback
     for bug in (KeyError("x"), ValueError("v"), TypeError("t"), OSError(errno.EBADF, "Bad file descriptor")):
         assert describe(bug) is None

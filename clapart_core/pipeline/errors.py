@@ -58,14 +58,22 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     return "--debug" in (sys.argv if argv is None else argv) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
+# the subclasses Python picks by number, for libraries that raise them without one (pyarrow)
+_SUBCLASS_ERRNO = ((FileNotFoundError, errno.ENOENT), (PermissionError, errno.EACCES), (IsADirectoryError, errno.EISDIR), (NotADirectoryError, errno.ENOTDIR))
+
+
 def _errno(err: OSError) -> int | None:
-    """The error number of an ``OSError``; libraries that lose it (h5py, pyarrow) keep it in the text."""
+    """The error number of an ``OSError``; libraries that lose it (h5py, pyarrow) keep it in the
+    text or in the subclass they raise."""
     if err.errno is not None:
         return err.errno
     text = str(err)
     found = re.search(r"errno\s*=\s*(\d+)|\[Errno (\d+)\]", text)
     if found:
         return int(found.group(1) or found.group(2))
+    for cls, code in _SUBCLASS_ERRNO:
+        if isinstance(err, cls):
+            return code
     return next((code for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES) if os.strerror(code) in text), None)
 
 
@@ -73,23 +81,28 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
+
+
 def describe(err: BaseException) -> str | None:
     """The one-line ``<what>`` of a user error; None for anything else (a bug, shown with its traceback)."""
     if isinstance(err, UserError):
         return _one_line(str(err))
-    if isinstance(err, OSError):
-        code = _errno(err)
-        if code not in DISK_ERRNOS:
-            return None
-        if err.errno is None:  # the library's own message already names the file
-            what = str(err)
-        else:
-            what = (err.strerror or os.strerror(code)).lower()
-            names = [str(n) for n in (err.filename, err.filename2) if n is not None]
-            what = f"{' -> '.join(names)}: {what}" if names else what
-        advice = _DISK_ADVICE.get(code)
-        return _one_line(f"{what}; {advice}" if advice else what)
-    return None
+    if not isinstance(err, OSError):
+        return None
+    code = _errno(err)
+    if code not in DISK_ERRNOS:
+        return None
+    standard = os.strerror(code)
+    text = err.strerror if err.errno is not None and err.strerror else str(err)
+    if text == standard:  # the system's words: name the file first
+        names = [str(n) for n in (err.filename, err.filename2) if n is not None]
+        text = f"{' -> '.join(names)}: {_lower_first(text)}" if names else _lower_first(text)
+    elif standard.lower() not in text.lower():  # a library's words that do not say what happened
+        text = f"{text}: {_lower_first(standard)}"
+    advice = _DISK_ADVICE.get(code)
+    return _one_line(f"{text}; {advice}" if advice else text)
 
 
 @contextmanager

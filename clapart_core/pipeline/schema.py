@@ -268,11 +268,6 @@ class Params(Section):
         return phases
 
 
-assert set(FinetunePhase.model_fields) == set(FINETUNE_SECTIONS)
-# every token type's encoder settings are a section here (a new type's section needs a line in Params)
-assert all(t.section in Params.model_fields for t in TOKEN_TYPES.values()), "a token type's section is missing from Params"
-
-
 # ------------------------------------------------------------------------------------ messages
 def _keys_at(loc: tuple[str, ...]) -> list[str] | None:
     """The valid keys of the mapping at ``loc`` (None for a free-form mapping)."""
