@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -91,6 +92,7 @@ def test_version_and_stage_commands_take_phase(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "stages", tmp_path / "stages")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "stages.decode", raising=False)  # runpy runs it afresh, as `clapart` does
     result = runner.invoke(app, ["decode", "--phase", "clotho"])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no finetune.clotho entry (phases: none) (stage decode@clotho)"
