@@ -143,7 +143,7 @@ def test_discrete_token_types_ignore_rvq_params(project: Path):
         rvq = json.loads((project / "metrics/rvq.json").read_text())
         assert rvq["applies"] is False
         # rvq.* does not apply: only the sub-second configure stage runs, with identical output
-        params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 4 * layers
+        params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 2 ** (layers + 2)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert _ran(_run(["dvc", "repro"], project)) == ["configure"]
 

@@ -18,13 +18,17 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from clapart_core.pipeline.errors import UserError
+
 __all__ = [
     "AudioDecodeError",
     "MAX_CHANNELS",
     "MAX_SAMPLE_RATE",
+    "MIN_CLIP_SECONDS",
     "MIN_SAMPLE_RATE",
     "audio_info",
     "load_audio",
+    "pad_to_min_length",
     "resample",
 ]
 
@@ -32,13 +36,17 @@ MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 96_000
 MAX_CHANNELS = 8
 
+#: the shortest clip every encoder can code: one BEATs patch, 16 fbank frames of 25 ms every
+#: 10 ms = (16 - 1) * 160 + 400 = 2800 samples at 16 kHz (EnCodec and CLAP take shorter clips)
+MIN_CLIP_SECONDS = 2800 / 16_000
+
 # Extra source frames read past a ``max_seconds`` crop so the resampling filter sees real
 # signal (not zero padding) at the crop edge; the tail is cut off after resampling. 0.05 s
 # covers the default resample_poly filter half-length (10 taps per phase of the slower rate).
 _CROP_MARGIN_S = 0.05
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(UserError, ValueError):
     """An audio file could not be decoded into a usable waveform.
 
     Attributes:
@@ -186,3 +194,26 @@ def load_audio(
         wave = wave[: math.floor(max_seconds * sample_rate)]
     np.clip(wave, -1.0, 1.0, out=wave)
     return wave
+
+
+def pad_to_min_length(wave: np.ndarray, sample_rate: int, min_seconds: float = MIN_CLIP_SECONDS) -> tuple[np.ndarray, bool]:
+    """Append silence to a clip shorter than ``min_seconds``, so that every encoder can code it.
+
+    A click or a UI blip (tens of ms) is a real sound to caption, but BEATs needs one patch
+    (:data:`MIN_CLIP_SECONDS`). Zeros after the sound are what a longer recording of it would
+    hold, and the encoders see them as silence.
+
+    Args:
+        wave: ``[S]`` mono samples at ``sample_rate`` Hz.
+        min_seconds: the length to reach.
+
+    Returns:
+        ``(wave, padded)``: ``[max(S, ceil(min_seconds * sample_rate))]`` of ``wave``'s dtype (the
+        input itself when long enough) and whether silence was appended.
+    """
+    # round first: 0.175 * 16000 is 2800.0000000000005 in floating point, and 2801 samples would
+    # make the padded length depend on that rounding error
+    need = math.ceil(round(min_seconds * sample_rate, 6))
+    if len(wave) >= need:
+        return wave, False
+    return np.concatenate([wave, np.zeros(need - len(wave), dtype=wave.dtype)]), True

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from clapart_core.pipeline.errors import UserError
+
 # Input rates in Hz. The decode stage writes the audio at the rates the configured encoders read.
 BEATS_SAMPLE_RATE = 16_000  # BEATs and its tokenizer: Kaldi fbank, 25 ms / 10 ms frames at 16 kHz
 ENCODEC_SAMPLE_RATE = 24_000  # facebook/encodec_24khz, EnCLAP's codec
@@ -27,7 +29,7 @@ BEATS_PATCH_RATE_HZ = 100 / 16 * BEATS_FREQ_PATCHES
 Model = TypeVar("Model")
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError, RuntimeError):
     """A named pretrained model is not available (offline or wrong path)."""
 
 
