@@ -27,7 +27,7 @@ STAGES = {
     "corpus": "Build data/corpus/manifest.parquet (generates the demo corpus for data.source=demo).",
     "configure": "Resolve params.yaml into the settings that apply to encoder.type; check named models exist (data/config).",
     "decode": "Decode every clip to mono PCM at the encoders' sample rates; skip/flag report (data/audio, metrics/decode.json).",
-    "features": "BEATs patch features, or the codes of beats_tokenizer / encodec, per split (data/features/encoder).",
+    "features": "The token encoder's outputs per split: BEATs patch features, or a discrete encoder's codes (data/features/encoder).",
     "clap": "Extract the global CLAP audio embedding per clip (data/features/clap).",
     "codebooks": "Fit the residual k-means codebooks on training features (data/codebooks/rvq.npz).",
     "tokenize": "Token Parquet per split: RVQ codes of the first rvq.layers codebooks, or the discrete codes (data/tokens).",
@@ -37,11 +37,15 @@ STAGES = {
 
 
 def _stage_command(name: str, help_text: str) -> None:
-    def run() -> None:
+    def run(
+        phase: Annotated[str | None, typer.Option(help="A fine-tuning phase: an entry NAME of params `finetune` (the ft_* stages).")] = None,
+        debug: Annotated[bool, typer.Option("--debug", help="Show the traceback of a user error (bad params, a missing file, ...).")] = False,
+    ) -> None:
         script = Path("stages") / f"{name}.py"
         if not script.is_file():
             raise typer.BadParameter(f"{script} not found: run stage commands from the clapart project root (the folder with dvc.yaml)")
-        sys.argv = [str(script)]
+        # the same command line dvc.yaml runs (`python -m stages.NAME --phase P`)
+        sys.argv = [str(script), *(["--phase", phase] if phase else []), *(["--debug"] if debug else [])]
         sys.path.insert(0, str(Path.cwd()))
         runpy.run_module(f"stages.{name}", run_name="__main__", alter_sys=True)
 
@@ -50,6 +54,25 @@ def _stage_command(name: str, help_text: str) -> None:
 
 for _name, _help in STAGES.items():
     _stage_command(_name, _help)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("clapart")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            from clapart_core import __version__ as installed
+        typer.echo(f"clapart {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Options that come before any command (``clapart --version``)."""
 
 
 def _fail(message: str) -> NoReturn:
@@ -323,6 +346,16 @@ def evaluate(
     typer.echo(timing_summary(result["n_clips"], result["seconds"]), err=True)
 
 
+def _parsed(path: Path) -> object:
+    """A YAML file's values (a file that does not parse matches nothing)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return object()
+
+
 @app.command()
 def profile(
     name: Annotated[str, typer.Argument(help="Profile in profiles/ (demo, paper-audiocaps, ...).")],
@@ -336,7 +369,8 @@ def profile(
         typer.echo(f"error: no profile {name!r} in {profiles}/ (available: {', '.join(available) or 'none'})", err=True)
         raise typer.Exit(2)
     params = Path("params.yaml")
-    if params.is_file() and not force and all(params.read_bytes() != (profiles / f"{p}.yaml").read_bytes() for p in available):
+    # values, not bytes: `dvc exp run -S` rewrites the file (null as an empty value, comments kept or not)
+    if params.is_file() and not force and all(_parsed(params) != _parsed(profiles / f"{p}.yaml") for p in available):
         typer.echo("error: params.yaml has edits that no profile holds; save them as profiles/NAME.yaml or pass --force", err=True)
         raise typer.Exit(2)
     params.write_bytes(source.read_bytes())

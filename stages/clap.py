@@ -5,16 +5,18 @@ Kept apart from `features` so that a CLAP change does not recompute BEATs featur
 for the same reason it imports no token-type code (clapart_core/encoders/registry.py).
 """
 
+from typing import Any
+
 from clapart_core.corpus.decoded import audio_path
 from clapart_core.encoders.clap import clap_from_spec
 from clapart_core.encoders.extract import extract_clap_embeddings
 from clapart_core.encoders.spec import CLAP_SAMPLE_RATE
-from clapart_core.pipeline.params import resolve_device, start_stage
+from clapart_core.pipeline.params import Workspace, resolve_device, run_stage
 from clapart_core.pipeline.resume import discard
 from clapart_core.pipeline.storage import SPLITS, model_fingerprint
 
-if __name__ == "__main__":
-    params, ws = start_stage("clap")
+
+def main(params: dict[str, Any], ws: Workspace) -> None:
     cfg = params["clap"]
     spec = {"checkpoint": cfg["checkpoint"], "seed": params["seed"]}
     encoder = clap_from_spec(spec, resolve_device(cfg["device"]))
@@ -30,3 +32,7 @@ if __name__ == "__main__":
             keep_shards=True,
         )
     discard(ws.resume / "clap")  # every split is in place
+
+
+if __name__ == "__main__":
+    run_stage("clap", main)

@@ -5,17 +5,18 @@ types whose codes come straight from the encoder there is nothing to fit; the fi
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from clapart_core.encoders.extract import sample_frames
-from clapart_core.pipeline.params import read_config, start_stage
+from clapart_core.pipeline import atomic
+from clapart_core.pipeline.params import Workspace, read_config, run_stage
 from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, quantisation_report, save_codebooks
 
-if __name__ == "__main__":
-    start_stage("codebooks")  # main phase only: fine-tunes reuse these codebooks
+
+def main(_params: dict[str, Any], _ws: Workspace) -> None:  # main phase only: fine-tunes reuse these codebooks
     cfg = read_config("codebooks")
-    Path("metrics").mkdir(exist_ok=True)
     if not cfg["fit"]:
         save_codebooks("data/codebooks/rvq.npz", np.zeros((0, 0, 0), np.float32), fit=False, reason=cfg["reason"])
         summary = {"applies": False, "reason": cfg["reason"]}
@@ -26,4 +27,8 @@ if __name__ == "__main__":
         save_codebooks("data/codebooks/rvq.npz", codebooks, fit=True, seed=km["seed"], sample_size=len(sample), niter=km["niter"])
         report = quantisation_report(sample, codebooks)
         summary = {"applies": True, "sample_size": len(sample), "relative_error": report[-1]["relative_error"], "layers": report}
-    Path("metrics/rvq.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_text("metrics/rvq.json", json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    run_stage("codebooks", main)

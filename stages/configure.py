@@ -1,17 +1,20 @@
-"""Stage `configure`: resolve params.yaml into data/config/{decode,features,codebooks,tokenize}.json,
-holding only the settings that apply to encoder.type (see clapart_core/pipeline/config.py for why)."""
+"""Stage `configure`: validate the whole of params.yaml (every fine-tuning phase included) and check
+that the models and corpora it names exist, then resolve it into
+data/config/{decode,features,codebooks,tokenize}.json, holding only the settings that apply to
+encoder.type (see clapart_core/pipeline/config.py for why). dvc.yaml gives it the whole file as
+params, so any change, a mistyped key included, is checked here before a long stage runs."""
 
 import logging
+from typing import Any
 
-from clapart_core.pipeline.config import PreflightError, preflight, write_configs
-from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.config import configure
+from clapart_core.pipeline.params import Workspace, run_stage
+
+
+def main(params: dict[str, Any], _: Workspace) -> None:
+    for note in configure(params):
+        logging.getLogger("configure").warning(note)
+
 
 if __name__ == "__main__":
-    params, _ = start_stage("configure")
-    try:
-        # every model the run will load must exist before decode/features start (they take long)
-        for note in preflight(params):
-            logging.getLogger("configure").warning(note)
-    except PreflightError as err:
-        raise SystemExit(f"error: {err}") from None
-    write_configs(params)
+    run_stage("configure", main)

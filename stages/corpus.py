@@ -2,15 +2,15 @@
 With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NAME/corpus/."""
 
 from pathlib import Path
+from typing import Any
 
 from clapart_core.corpus.build import build_manifest
-from clapart_core.corpus.download import DatasetDownloadError
-from clapart_core.corpus.manifest import ManifestError, write_manifest
+from clapart_core.corpus.manifest import write_manifest
 from clapart_core.corpus.sources import AAC_DEFAULTS
-from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.params import Workspace, run_stage
 
-if __name__ == "__main__":
-    params, ws = start_stage("corpus")
+
+def main(params: dict[str, Any], ws: Workspace) -> None:
     data, seed = params["data"], params["seed"]
     source = data["source"]
     if source == "demo":
@@ -18,9 +18,10 @@ if __name__ == "__main__":
     else:
         options = dict(data.get(source) or {})
     download = {"download": data["download"]} if source in AAC_DEFAULTS else {}
-    try:
-        table = build_manifest(source, Path(data["root"]), strict=data["strict"], allow_unlisted=data["allow_unlisted"], **download, **options)
-    except (ManifestError, DatasetDownloadError, ValueError) as err:
-        # a user's corpus mistake: one line naming the file and the problem, not a traceback
-        raise SystemExit(f"error: corpus{'' if ws.phase is None else '@' + ws.phase}: {err}") from None
+    # a corpus mistake (ManifestError, DatasetDownloadError) is one line, not a traceback: run_stage
+    table = build_manifest(source, Path(data["root"]), strict=data["strict"], allow_unlisted=data["allow_unlisted"], **download, **options)
     write_manifest(table, ws.manifest)
+
+
+if __name__ == "__main__":
+    run_stage("corpus", main)

@@ -1,24 +1,27 @@
 """Stage `decode`: every manifest clip -> mono int16 PCM at each rate the encoders need, data/audio/sr{rate}/{split}.h5;
-skipped and flagged clips -> metrics/decode.json (decode.on_error: fail | skip). --phase NAME: the fine-tuning corpus."""
+every CSV row that does not reach the features (dropped here or by the corpus stage) and every clip kept
+altered -> metrics/decode.json (decode.on_error: fail | skip). --phase NAME: the fine-tuning corpus."""
 
 import json
+from typing import Any
 
-from clapart_core.corpus.decoded import ClipDecodeError, DecodeReport, decode_split
-from clapart_core.corpus.manifest import ManifestError, read_manifest
+from clapart_core.corpus.decoded import DecodeReport, decode_split, merge_corpus_drops
+from clapart_core.corpus.manifest import read_manifest
 from clapart_core.pipeline import atomic
-from clapart_core.pipeline.params import SPLITS, read_config, start_stage
+from clapart_core.pipeline.params import SPLITS, Workspace, read_config, run_stage
+
+
+def main(_params: dict[str, Any], ws: Workspace) -> None:
+    cfg = read_config("decode")
+    # a bad manifest (ManifestError) or, under decode.on_error: fail, a bad clip (ClipDecodeError) is one line: run_stage
+    manifest, root = read_manifest(ws.manifest)
+    # one list of what was left out: the rows the corpus stage dropped first (under `fail`, an
+    # unusable one stops the stage here, before anything is decoded), then this stage's own
+    report = merge_corpus_drops(manifest, root, DecodeReport(cfg["on_error"]))
+    for split in SPLITS:
+        decode_split(manifest, root, split, ws.audio, cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
+    atomic.write_text(ws.metrics / "decode.json", json.dumps(report.to_json(), indent=2) + "\n")
+
 
 if __name__ == "__main__":
-    _, ws = start_stage("decode")
-    cfg = read_config("decode")
-    try:
-        manifest, root = read_manifest(ws.manifest)
-    except ManifestError as err:  # e.g. a hand-edited manifest: one line, not a traceback
-        raise SystemExit(f"error: decode: {err}") from None
-    report = DecodeReport(cfg["on_error"])
-    try:
-        for split in SPLITS:
-            decode_split(manifest, root, split, ws.audio, cfg["sample_rates"], cfg["max_seconds"], cfg["on_error"], report)
-    except ClipDecodeError as err:
-        raise SystemExit(f"error: decode: {err} (set decode.on_error: skip to leave such clips out)") from None
-    atomic.write_text(ws.metrics / "decode.json", json.dumps(report.to_json(), indent=2) + "\n")
+    run_stage("decode", main)

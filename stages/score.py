@@ -6,6 +6,7 @@ token type, what was pretrained, the constant-caption baseline, reasons for unav
 --phase NAME: the fine-tuned model on its corpus's test split -> metrics/finetune/NAME/scores.json."""
 
 import csv
+from typing import Any
 
 import pyarrow.compute as pc
 
@@ -14,12 +15,12 @@ from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model_dir import load_captioner, read_frontend, read_summary
 from clapart_core.corpus.manifest import file_names, read_manifest
 from clapart_core.pipeline.atomic import atomic_path
-from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.params import Workspace, run_stage
 from clapart_core.pipeline.storage import read_tokens
 from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores
 
-if __name__ == "__main__":
-    params, ws = start_stage("score")
+
+def main(params: dict[str, Any], ws: Workspace) -> None:
     manifest, _ = read_manifest(ws.manifest)
     model, tokenizer = load_captioner(ws.model)
     tokens = ws.tokens / "test.parquet"
@@ -58,3 +59,7 @@ if __name__ == "__main__":
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,
     )
+
+
+if __name__ == "__main__":
+    run_stage("score", main)

@@ -5,27 +5,29 @@ codebooks; the others: their codes as extracted (copied unchanged).
 
 import json
 import shutil
+from typing import Any
 
 import numpy as np
 
 from clapart_core.encoders.extract import iter_features
 from clapart_core.encoders.registry import encoder_record, token_metadata, token_type
-from clapart_core.pipeline.params import read_config, start_stage
-from clapart_core.pipeline.storage import SPLITS, RaggedReader, partial_path, write_tokens
+from clapart_core.pipeline.atomic import atomic_path
+from clapart_core.pipeline.params import Workspace, read_config, run_stage
+from clapart_core.pipeline.storage import SPLITS, RaggedReader, write_tokens
 from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
 
 CODEBOOKS = "data/codebooks/rvq.npz"
 
-if __name__ == "__main__":
-    _, ws = start_stage("tokenize")
+
+def main(_params: dict[str, Any], ws: Workspace) -> None:
     feature_dir, out = ws.encoder_features, ws.tokens
     cfg = read_config("tokenize")
     kind = token_type(cfg["type"])
     out.mkdir(parents=True, exist_ok=True)
     if not kind.codebooks:
         for split in SPLITS:
-            shutil.copyfile(feature_dir / f"{split}.parquet", partial_path(out / f"{split}.parquet"))
-            partial_path(out / f"{split}.parquet").replace(out / f"{split}.parquet")
+            with atomic_path(out / f"{split}.parquet") as tmp:  # a full disk leaves no half copy
+                shutil.copyfile(feature_dir / f"{split}.parquet", tmp)
     else:
         codebooks, fit = load_codebooks(CODEBOOKS)
         rvq = ResidualVQ(codebooks, num_layers=cfg["layers"])
@@ -35,3 +37,7 @@ if __name__ == "__main__":
         for split in SPLITS:
             items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(feature_dir / f"{split}.h5"))
             write_tokens(out / f"{split}.parquet", items, meta)
+
+
+if __name__ == "__main__":
+    run_stage("tokenize", main)

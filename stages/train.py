@@ -5,17 +5,17 @@ and dvclive/ curves. --phase NAME: fine-tune data/model on the corpus of finetun
 The checkpoints folder (DVC `persist`) lets `train.resume: true` continue a killed run."""
 
 from pathlib import Path
+from typing import Any
 
 from clapart_core.captioner.data import load_examples
 from clapart_core.captioner.model_dir import write_frontend
 from clapart_core.captioner.training import train_captioner
 from clapart_core.corpus.manifest import read_manifest
-from clapart_core.pipeline.checkpoints import CheckpointError
-from clapart_core.pipeline.params import start_stage
+from clapart_core.pipeline.params import Workspace, run_stage
 from clapart_core.pipeline.storage import read_tokens
 
-if __name__ == "__main__":
-    params, ws = start_stage("train")
+
+def main(params: dict[str, Any], ws: Workspace) -> None:
     manifest, _ = read_manifest(ws.manifest)
     use_clap = params["model"]["use_clap"]
     splits = {
@@ -24,20 +24,22 @@ if __name__ == "__main__":
     }
     tokens_meta = read_tokens(ws.tokens / "val.parquet").metadata
     model_params = {**params["model"], "codebook_size": tokens_meta["codebook_size"]}
-    try:
-        train_captioner(
-            splits["train"],
-            splits["val"],
-            model_params=model_params,
-            train_params=params["train"],
-            out_dir=ws.model,
-            live_dir=ws.live,
-            seed=params["seed"],
-            checkpoint_dir=ws.checkpoints,
-            init_from=ws.init_model,
-        )
-    except CheckpointError as err:
-        raise SystemExit(f"error: train{'' if ws.phase is None else '@' + ws.phase}: {err}") from None
+    # a refused resume checkpoint is a one-line CheckpointError: run_stage
+    train_captioner(
+        splits["train"],
+        splits["val"],
+        model_params=model_params,
+        train_params=params["train"],
+        out_dir=ws.model,
+        live_dir=ws.live,
+        seed=params["seed"],
+        checkpoint_dir=ws.checkpoints,
+        init_from=ws.init_model,
+    )
     # decode.max_seconds: how much of a clip the encoders saw, what `clapart caption` reads of a file
     clap_file = ws.clap_features / "train.h5" if use_clap else None
     write_frontend(ws.model, tokens_meta, Path("data/codebooks/rvq.npz"), clap_file, max_seconds=params["decode"]["max_seconds"])
+
+
+if __name__ == "__main__":
+    run_stage("train", main)

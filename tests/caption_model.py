@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from conftest import TINY_BEATS
 
 from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.model_dir import write_frontend
@@ -24,11 +25,7 @@ from clapart_core.encoders.registry import encoder_from_spec, token_metadata, to
 from clapart_core.pipeline.storage import RaggedWriter, model_fingerprint
 from clapart_core.tokens.rvq import ResidualVQ, save_codebooks
 
-BEATS_SPEC = {
-    "checkpoint": None,
-    "random": {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32},
-    "seed": 3,
-}
+BEATS_SPEC = {"checkpoint": None, "random": TINY_BEATS, "seed": 3}
 CLAP_SPEC = {"checkpoint": None, "random": {"projection_dim": 16}, "seed": 4}
 PITCHES = {220.0: "a low hum", 440.0: "a middle beep", 880.0: "a high whistle", 1760.0: "a shrill squeal", 330.0: "a soft drone", 660.0: "a bright tone"}
 MAX_FRAMES = 512  # codes the captioner reads: 64 BEATs time patches, 10.255 s

@@ -164,14 +164,3 @@ def test_a_window_reads_only_its_frames_and_matches_the_whole_file(tmp_path: Pat
     assert load_audio(path, 16000, max_seconds=2.0, start_seconds=5.0).shape == (16000,)
     with pytest.raises(AudioDecodeError, match=r"nothing to read from 6 s on: the file is 6\.000 s long"):
         load_audio(path, 16000, max_seconds=2.0, start_seconds=6.0)
-
-
-def test_pad_to_min_appends_silence_only_when_short() -> None:
-    from clapart_core.corpus.audio import pad_to_min
-
-    short = np.ones(960, dtype=np.float32)  # 0.06 s at 16 kHz
-    padded = pad_to_min(short, 2800)
-    assert padded.shape == (2800,) and padded.dtype == np.float32
-    assert np.array_equal(padded[:960], short) and not padded[960:].any()
-    long = np.ones(3000, dtype=np.float32)
-    assert pad_to_min(long, 2800) is long

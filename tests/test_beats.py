@@ -23,12 +23,12 @@ from clapart_core.encoders.beats import (
     BEATs,
     BEATsConfig,
     CheckpointError,
+    load_acoustic_tokenizer,
     load_beats,
-    load_beats_tokenizer,
     num_patches,
     padding_masks,
+    random_acoustic_tokenizer,
     random_beats,
-    random_beats_tokenizer,
     relative_position_bucket,
     save_beats_checkpoint,
 )
@@ -79,7 +79,7 @@ def finetuned() -> BEATs:
 
 @pytest.fixture(scope="module")
 def tokenizer() -> B.BEATsTokenizer:
-    return load_beats_tokenizer(FIXTURES / "tokenizer_tiny.pt")
+    return load_acoustic_tokenizer(FIXTURES / "tokenizer_tiny.pt")
 
 
 def t(a: np.ndarray) -> torch.Tensor:
@@ -328,7 +328,7 @@ def test_missing_file_is_one_clear_sentence(tmp_path: Path) -> None:
     assert "BEATs_iter3_plus_AS2M.pt" in message and "github.com/microsoft/unilm" in message and "beats/" in message
     assert message.count(". ") == 0 and "\n" not in message
     with pytest.raises(FileNotFoundError, match="tokenizer"):
-        load_beats_tokenizer(tmp_path / "Tokenizer_iter3_plus_AS2M.pt")
+        load_acoustic_tokenizer(tmp_path / "Tokenizer_iter3_plus_AS2M.pt")
 
 
 def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
@@ -340,10 +340,10 @@ def test_unknown_and_missing_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as err:
         load_beats(path)
     assert "encoder.extra_scale" in str(err.value) and "encoder.layers.1.fc2.bias" in str(err.value)
-    with pytest.raises(CheckpointError, match="load_beats_tokenizer.*quantize"):
+    with pytest.raises(CheckpointError, match="load_acoustic_tokenizer.*quantize"):
         load_beats(FIXTURES / "tokenizer_tiny.pt")
     with pytest.raises(CheckpointError, match="quantize"):
-        load_beats_tokenizer(FIXTURES / "beats_tiny.pt")
+        load_acoustic_tokenizer(FIXTURES / "beats_tiny.pt")
 
 
 def test_wrong_shapes_and_diverging_bias_tables_are_refused(tmp_path: Path) -> None:
@@ -392,7 +392,7 @@ def test_uninitialised_codebook_is_refused(tmp_path: Path) -> None:
     ckpt["model"]["quantize.embedding.initted"] = torch.zeros(1)
     torch.save(ckpt, tmp_path / "tok.pt")
     with pytest.raises(CheckpointError, match="never initialised"):
-        load_beats_tokenizer(tmp_path / "tok.pt")
+        load_acoustic_tokenizer(tmp_path / "tok.pt")
 
 
 def test_cfg_defaults_follow_the_official_code(tmp_path: Path) -> None:
@@ -430,7 +430,7 @@ def test_random_models_are_seeded_and_leave_global_rng_alone() -> None:
 
 def test_random_models_tell_sounds_apart() -> None:
     model = random_beats(TINY, seed=0)
-    tok = random_beats_tokenizer(dict(TINY, quant_n=64, quant_dim=16), seed=0)
+    tok = random_acoustic_tokenizer(dict(TINY, quant_n=64, quant_dim=16), seed=0)
     codebook = tok.quantize.embedding.weight
     torch.testing.assert_close(codebook.norm(dim=1), torch.ones(64))
     g = torch.Generator().manual_seed(0)
@@ -455,9 +455,9 @@ def test_save_load_round_trip(tmp_path: Path, inp: dict[str, np.ndarray]) -> Non
     back = load_beats(tmp_path / "ft.pt")
     assert back.label_dict == ft.label_dict and not back.training
     assert torch.equal(back.extract_features(wave)[0], ft.extract_features(wave)[0])
-    tok = random_beats_tokenizer(dict(TINY, quant_n=32, quant_dim=8), seed=2)
+    tok = random_acoustic_tokenizer(dict(TINY, quant_n=32, quant_dim=8), seed=2)
     save_beats_checkpoint(tok, tmp_path / "tok.pt")
-    tok_back = load_beats_tokenizer(tmp_path / "tok.pt")
+    tok_back = load_acoustic_tokenizer(tmp_path / "tok.pt")
     assert torch.equal(tok_back.extract_labels(wave), tok.extract_labels(wave))
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")] == []
 

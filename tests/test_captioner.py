@@ -18,13 +18,7 @@ from clapart_core.captioner.text import train_caption_tokenizer
 N_CODEBOOKS, K, E, D, V = 4, 16, 8, 32, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; OpenMP spin-waits on a busy 2-core box cost seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(use_clap: bool = True, seed: int = 0, **overrides) -> ClapArtForCaptioning:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clapart_core.corpus.decoded import PCM_SCALE, audio_path, read_clip
-from clapart_core.encoders.beats import num_patches, random_beats_tokenizer
+from clapart_core.encoders.beats import num_patches, random_acoustic_tokenizer
 from clapart_core.encoders.clap import ModelNotFoundError
 from clapart_core.encoders.encodec import ENCLAP_BANDWIDTH, load_encodec, random_encodec
 from clapart_core.encoders.registry import encoder_from_spec
@@ -150,7 +150,7 @@ def test_encodec_tokens_parquet_round_trip(encodec, decoded: Path, tmp_path: Pat
 
 
 def test_beats_tokenizer_tokens_match_each_clip_alone(decoded: Path, tmp_path: Path) -> None:
-    model = random_beats_tokenizer(TINY_TOKENIZER, seed=5)
+    model = random_acoustic_tokenizer(TINY_TOKENIZER, seed=5)
     src = audio_path(decoded, 16000, "train")
     spec = {"checkpoint": None, "random": TINY_TOKENIZER, "seed": 5}
     tokenizer = encoder_from_spec("beats_tokenizer", spec)  # the features stage's path: the same seeded weights

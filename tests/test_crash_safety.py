@@ -23,21 +23,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import TINY_BEATS, tiny_project_params
 
 from clapart_core.corpus.decoded import PCM_SCALE
 from clapart_core.encoders.beats import random_beats
 from clapart_core.encoders.beats_extract import extract_beats_features
-from clapart_core.pipeline.params import SPLITS, merge_params
+from clapart_core.pipeline.params import SPLITS
 from clapart_core.pipeline.resume import plan_groups
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_BEATS = {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}
-TINY = {
-    "data": {"demo": {"n_clips": 40, "clip_seconds": 3.0}},
-    "beats": {"random": TINY_BEATS, "batch_size": 2},
-    "rvq": {"max_layers": 4, "codebook_size": 16, "layers": 4, "kmeans": {"niter": 4, "max_samples": 2000}},
-}
+TINY = {"data": {"demo": {"n_clips": 40}}, "beats": {"batch_size": 2}, "rvq": {"kmeans": {"max_samples": 2000}}}  # over conftest.TINY_PARAMS
 
 # Runs a stage module and SIGKILLs its own process at an exact point:
 #   replace N: just before the N-th rename of a "*.partial" file (a shard, key.json or the final file)
@@ -135,7 +131,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proj = tmp_path_factory.mktemp("crashproj")
     for name in ("clapart_core", "stages"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = tiny_project_params(TINY)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "configure", "decode"):
         _stage(proj, name)

@@ -195,7 +195,7 @@ def test_read_manifest_rejects_bad_files(tmp_path: Path, corpus: Path) -> None:
     ],
 )
 def test_corpus_stage_reports_user_mistakes_in_one_line(corpus: Path, tmp_path: Path, mistake: str, expected: str) -> None:
-    """The corpus stage (the first one DVC runs) turns a bad corpus into one error line, no traceback."""
+    """The corpus stage turns a bad corpus into one error line and exit code 2, no traceback."""
     import os
     import re
     import subprocess
@@ -215,8 +215,8 @@ def test_corpus_stage_reports_user_mistakes_in_one_line(corpus: Path, tmp_path: 
     (project / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, "-m", "stages.corpus"], cwd=project, env=env, capture_output=True, text=True)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: corpus: ") and re.search(expected, last), proc.stderr
+    assert last.startswith("error: ") and last.endswith(" (stage corpus)") and re.search(expected, last), proc.stderr
     assert not (project / "data/corpus/manifest.parquet").exists()

@@ -19,19 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from conftest import tiny_project_params
 
 from clapart_core.corpus.decoded import PCM_SCALE, audio_path
 from clapart_core.encoders.spec import BEATS_SAMPLE_RATE as BEATS_RATE
 from clapart_core.pipeline.config import write_configs
-from clapart_core.pipeline.params import merge_params
 from clapart_core.pipeline.storage import SPLITS, RaggedWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "beats": {"random": {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}},
-    "rvq": {"max_layers": 3, "codebook_size": 16, "layers": 3, "kmeans": {"niter": 4, "max_samples": 5000}},
-}
+TINY = {"rvq": {"max_layers": 3, "layers": 3}}  # over conftest.TINY_PARAMS
 
 _CHILD = """
 import hashlib, json, runpy
@@ -68,7 +65,7 @@ def _project(root: Path) -> None:
                 t = np.arange(int(BEATS_RATE * (1.0 + 0.1 * i))) / BEATS_RATE
                 wave = 0.3 * np.sin(2 * np.pi * (200 + 150 * i) * t) + 0.05 * rng.standard_normal(t.size)
                 w.append(f"{split}/clip{i}", np.round(wave * PCM_SCALE).astype(np.int16))
-    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = tiny_project_params(TINY)
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     write_configs(params, root / "data/config")
 

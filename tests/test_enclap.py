@@ -47,13 +47,7 @@ ENCODEC_SPEC = {"random": {"codebook_size": 64, "target_bandwidths": [1.8]}, "se
 CLAP_SPEC = {"random": {"projection_dim": E}, "seed": 5}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; OpenMP spin-waits on a busy 2-core box cost seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
-from clapart_core.pipeline.params import merge_params
+from conftest import tiny_project_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "data": {"demo": {"n_clips": 30, "clip_seconds": 3.0}},
-    "beats": {"random": {"encoder_layers": 1, "encoder_embed_dim": 32, "encoder_ffn_embed_dim": 64, "encoder_attention_heads": 2, "embed_dim": 32}},
-    "rvq": {"max_layers": 4, "codebook_size": 16, "layers": 4, "kmeans": {"niter": 4, "max_samples": 5000}},
-    "model": {"vocab_size": 300, "d_model": 32, "encoder_layers": 1, "decoder_layers": 1, "attention_heads": 2, "ffn_dim": 64},
-    "train": {"epochs": 1, "batch_size": 16, "warmup_steps": 2},
-    "generate": {"num_beams": 2, "max_length": 20},
-}
 
 
 
@@ -66,7 +57,7 @@ def project(tmp_path_factory) -> Path:
         shutil.copy(ROOT / name, proj / name)
     (proj / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
-    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = tiny_project_params()
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], proj)
     _run(["git", "add", "-A"], proj)
@@ -169,7 +160,7 @@ def test_discrete_token_types_ignore_rvq_params(project: Path):
         rvq = json.loads((project / "metrics/rvq.json").read_text())
         assert rvq["applies"] is False
         # rvq.* does not apply: only the sub-second configure stage runs, with identical output
-        params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 4 * layers
+        params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 2 ** (layers + 2)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert _ran(_run(["dvc", "repro"], project)) == ["configure"]
 
@@ -185,7 +176,7 @@ def test_finetune_phase_starts_from_the_first_model(tmp_path: Path):
         shutil.copy(ROOT / name, proj / name)
     (proj / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", proj / ".dvc" / "config")
-    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    params = tiny_project_params()
     params["model"]["use_clap"] = False  # keeps the run short; the CLAP chain is covered above
     # lr 0 leaves the weights as loaded, so the fine-tuned model must equal data/model bitwise
     params["finetune"] = {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -57,3 +58,41 @@ def test_switch_and_back(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     refused = runner.invoke(app, ["profile", "demo"])
     assert refused.exit_code == 2 and (tmp_path / "params.yaml").read_text() == "seed: 1\n"
+
+
+def test_switch_after_dvc_rewrote_params(tmp_path, monkeypatch):
+    """`dvc exp run -S` rewrites params.yaml (null becomes an empty value): the values still match
+    the demo profile, so switching is allowed; a changed value is still refused."""
+    from dvc.utils.serialize import modify_yaml
+
+    shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    for layers in (8, 16):  # an experiment, then back: DVC's own writer both times
+        with modify_yaml("params.yaml") as params:
+            params["rvq"]["layers"] = layers
+    text = (tmp_path / "params.yaml").read_text()
+    assert "checkpoint: null" not in text and text != (ROOT / "params.yaml").read_text()
+    runner = CliRunner()
+    switched = runner.invoke(app, ["profile", "paper-audiocaps"])
+    assert switched.exit_code == 0, switched.output
+    with modify_yaml("params.yaml") as params:
+        params["rvq"]["layers"] = 8
+    refused = runner.invoke(app, ["profile", "demo"])
+    assert refused.exit_code == 2 and "no profile holds" in refused.output
+
+
+def test_version_and_stage_commands_take_phase(tmp_path, monkeypatch):
+    from clapart_core import __version__
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["--version"])
+    assert shown.exit_code == 0 and shown.output == f"clapart {__version__}\n"
+    # `clapart decode --phase NAME` runs the ft_decode command line; an unknown phase is one line
+    shutil.copytree(ROOT / "stages", tmp_path / "stages")
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "stages.decode", raising=False)  # runpy runs it afresh, as `clapart` does
+    result = runner.invoke(app, ["decode", "--phase", "clotho"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == "error: params.yaml: no finetune.clotho entry (phases: none) (stage decode@clotho)"

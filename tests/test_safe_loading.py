@@ -52,8 +52,8 @@ def _stage(name: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def _one_error_line(proc: subprocess.CompletedProcess) -> str:
-    """The stage failed with exit status 1 and a last stderr line ``error: ...``, no traceback."""
-    assert proc.returncode == 1, proc.stderr[-3000:]
+    """The stage failed with exit status 2 (a user error) and a last stderr line ``error: ...``, no traceback."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: "), proc.stderr[-3000:]
@@ -71,7 +71,8 @@ def test_features_stage_refuses_crafted_checkpoint(tmp_path: Path, etype: str, s
     write_configs(params, tmp_path / "data" / "config")  # what the configure stage would write
 
     line = _one_error_line(_stage("features", tmp_path))
-    assert re.fullmatch(rf"error: features: {re.escape(str(evil))} was refused by torch\.load\(weights_only=True\): it would call \S*open .*", line), line
+    refused = rf"error: {re.escape(str(evil))} was refused by torch\.load\(weights_only=True\): it would call \S*open .*"
+    assert re.fullmatch(refused + r" \(stage features\)", line), line
     assert not marker.exists()
 
 
@@ -112,7 +113,7 @@ def test_corpus_stage_refuses_csv_path_outside_data_root(tmp_path: Path, escape:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
 
     line = _one_error_line(_stage("corpus", tmp_path))
-    assert line == f"error: corpus: corpus/train.csv line 2: audio path {name!r} escapes the corpus root (absolute or '..')"
+    assert line == f"error: corpus/train.csv line 2: audio path {name!r} escapes the corpus root (absolute or '..') (stage corpus)"
     assert not (tmp_path / "data" / "corpus" / "manifest.parquet").exists()
 
 
@@ -153,3 +154,37 @@ def test_source_has_no_unsafe_loading_or_eval() -> None:
             if "weights_only=True" not in call:
                 found.append(f"{path.relative_to(ROOT)}:{text.count(chr(10), 0, m.start()) + 1}: torch.load without weights_only=True")
     assert not found, "\n".join(found)
+
+
+def test_corpus_stage_refuses_a_symlink_out_of_data_root(tmp_path: Path) -> None:
+    """A CSV path that stays inside the root on paper but is a symlink to a file outside it is
+    refused: paths are compared with their symlinks resolved."""
+    outside = tmp_path / "outside.wav"
+    sf.write(outside, np.zeros(16000, np.float32), 16000)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "link.wav").symlink_to(outside)
+    (corpus / "train.csv").write_text("file_name,caption_1\nlink.wav,a dog barks\n")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(source="folder", root="corpus")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+
+    line = _one_error_line(_stage("corpus", tmp_path))
+    assert line.startswith(f"error: corpus/link.wav: a symlink leads out of the corpus root corpus (to {outside}); ") and line.endswith("(stage corpus)"), line
+    assert not (tmp_path / "data" / "corpus" / "manifest.parquet").exists()
+
+
+def test_symlinks_inside_the_corpus_and_a_symlinked_root_are_fine(tmp_path: Path) -> None:
+    from clapart_core.corpus.manifest import resolve_audio_path
+
+    disk = tmp_path / "disk"
+    (disk / "audio").mkdir(parents=True)
+    (disk / "audio" / "a.wav").write_bytes(b"x")
+    (disk / "alias.wav").symlink_to(disk / "audio" / "a.wav")
+    (tmp_path / "root").symlink_to(disk)  # data.root itself a link to a data disk
+    assert resolve_audio_path(tmp_path / "root", "alias.wav") == tmp_path / "root" / "alias.wav"
+    assert resolve_audio_path(tmp_path / "root", "audio/missing.wav") == tmp_path / "root" / "audio" / "missing.wav"
+    (tmp_path / "elsewhere").mkdir()
+    (disk / "audio" / "up").symlink_to(tmp_path / "elsewhere")  # a folder link out of the root
+    with pytest.raises(ManifestError, match="a symlink leads out of the corpus root"):
+        resolve_audio_path(tmp_path / "root", "audio/up/b.wav")

@@ -45,12 +45,7 @@ SEED = 5
 KILL_IN_SAVE = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy_examples(n: int, seed: int) -> list[CaptionExample]:
@@ -249,7 +244,7 @@ def test_dvc_yaml_lists_every_train_key_that_changes_the_result() -> None:
 
 def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> None:
     """`python -m stages.train` in a minimal project with train.resume: true and a malicious
-    last.pt exits with one `error: train: ...` line, and the payload does not run."""
+    last.pt exits with one `error: ... (stage train)` line and exit code 2, and the payload does not run."""
     import pyarrow as pa
 
     from clapart_core.corpus.manifest import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
@@ -277,8 +272,9 @@ def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> N
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: train: training checkpoint data/checkpoints/train/last.pt was refused"), proc.stderr[-2000:]
+    assert last.startswith("error: training checkpoint data/checkpoints/train/last.pt was refused"), proc.stderr[-2000:]
+    assert last.endswith("(stage train)"), last
     assert "Traceback" not in proc.stderr
     assert not marker.exists()

@@ -14,14 +14,7 @@ from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.text import load_caption_tokenizer, normalize_caption, train_caption_tokenizer
 from clapart_core.captioner.training import inverse_sqrt_factor, train_captioner
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; OpenMP spin-waits on a busy 2-core box cost seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 WORDS = ["dog barks", "rain falls", "car passes", "bird sings", "man speaks", "water flows", "door slams", "bell rings"]

@@ -20,6 +20,7 @@ from clapart_core.captioner.model_dir import bundled_checkpoint, save_captioner
 from clapart_core.captioner.text import load_caption_tokenizer
 from clapart_core.encoders.clap import ModelNotFoundError, load_clap, random_clap
 from clapart_core.encoders.encodec import load_encodec, random_encodec
+from clapart_core.encoders.registry import ENCLAP_TOKEN_TYPE
 from clapart_core.encoders.spec import checkpoint_or_random
 from clapart_core.pipeline.resume import file_digest
 from clapart_core.pipeline.storage import model_fingerprint
@@ -171,7 +172,7 @@ def _encodec_frontend(spec: str | dict[str, Any], config: ClapArtConfig) -> dict
     if spec.get("checkpoint"):  # a local folder is copied into the model directory (bundled_checkpoint)
         spec["checkpoint"] = bundled_checkpoint(spec["checkpoint"], "encoder")[0]
     return {
-        "name": "encodec",
+        "name": ENCLAP_TOKEN_TYPE.encoder_name,
         "spec": spec,
         "pretrained": encoder.pretrained,
         "weights_sha256": model_fingerprint(encoder.model),
@@ -233,7 +234,7 @@ def import_enclap(
     config = model.config
     caption_tokenizer = _load_tokenizer(tokenizer, config.bart.vocab_size)
     frontend = {
-        "encoder_type": "encodec",
+        "encoder_type": ENCLAP_TOKEN_TYPE.name,
         "encoder": _encodec_frontend(encodec, config),
         "num_codebooks": config.num_codebooks,
         "clap": _clap_frontend(clap, config),

@@ -14,7 +14,7 @@ Memory does not grow with a file's length: a file is read one stretch at a time
 that stretch is the first :attr:`ModelLimits.read_seconds` (what the encoders saw of a clip in
 training, as the decode stage crops it); with ``window`` each window of the file is read,
 encoded and captioned in turn, with its timestamps. Clips shorter than one BEATs patch are
-padded with silence (:func:`clapart_core.corpus.audio.pad_to_min`) and flagged, as the decode
+padded with silence (:func:`clapart_core.corpus.audio.pad_to_min_length`) and flagged, as the decode
 stage pads them. A file that cannot be used gives an error record, and the others are captioned.
 """
 
@@ -33,7 +33,7 @@ from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.frontend import load_frontend, local_spec
 from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model_dir import CODEBOOKS_FILE, ModelDirError, load_captioner, max_caption_length, read_config
-from clapart_core.corpus.audio import AudioDecodeError, audio_info, load_audio, min_clip_samples, pad_to_min
+from clapart_core.corpus.audio import MIN_CLIP_SECONDS, AudioDecodeError, audio_info, load_audio, pad_to_min_length
 from clapart_core.encoders.registry import TokenType, encoder_from_spec, token_type
 from clapart_core.pipeline.storage import model_fingerprint
 from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
@@ -90,7 +90,7 @@ def model_limits(model_dir: Path) -> ModelLimits:
     kind = token_type(front["encoder_type"])
     model_seconds = kind.input_seconds(int(config.max_frames), front["encoder"]["spec"])
     read_seconds = float(front["max_seconds"]) if front["max_seconds"] is not None else model_seconds
-    return ModelLimits(kind, max_caption_length(config), model_seconds, read_seconds, kind.min_samples / kind.sample_rate)
+    return ModelLimits(kind, max_caption_length(config), model_seconds, read_seconds, MIN_CLIP_SECONDS)
 
 
 class AudioToCodes:
@@ -191,14 +191,14 @@ class CaptionPipeline:
         rate = self.frontend.sample_rate
         wave = load_audio(path, rate, max_seconds=seconds, start_seconds=start)
         record.end = start + len(wave) / rate
-        padded = pad_to_min(wave, self.frontend.encoder.kind.min_samples)
-        if len(padded) > len(wave):
+        padded, was_padded = pad_to_min_length(wave, rate)
+        if was_padded:
             record.flags.append(f"padded: {len(wave) / rate:.3f} s is shorter than {self.limits.min_seconds:.3f} s, padded with silence")
         codes = self.frontend(_pcm_grid(padded))
         emb = None
         if self.clap is not None:
             wave48 = load_audio(path, self.clap.sample_rate, max_seconds=seconds, start_seconds=start)
-            wave48 = pad_to_min(wave48, min_clip_samples(self.clap.sample_rate))
+            wave48, _ = pad_to_min_length(wave48, self.clap.sample_rate)
             emb = self.clap.embed([_pcm_grid(wave48)], [str(path) if start == 0 else f"{path}@{start:g}"])[0]
         return CaptionExample(str(path), codes, emb, ("",))
 

@@ -38,6 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning
 from clapart_core.captioner.text import load_caption_tokenizer
 from clapart_core.pipeline.atomic import atomic_dir, atomic_path, partial_path, write_text
+from clapart_core.pipeline.errors import UserError
 from clapart_core.pipeline.storage import RaggedReader
 from clapart_core.tokens.rvq import load_codebooks, save_codebooks
 
@@ -52,7 +53,7 @@ FRONTEND_WEIGHTS_DIR = "frontend"
 _MAX_FRONTEND_BYTES = 1 << 20
 
 
-class ModelDirError(ValueError):
+class ModelDirError(UserError, ValueError):
     """A model directory that cannot be used as it is; the message is one sentence naming the file and the problem."""
 
 

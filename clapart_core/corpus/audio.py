@@ -18,16 +18,17 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from clapart_core.pipeline.errors import UserError
+
 __all__ = [
     "AudioDecodeError",
     "MAX_CHANNELS",
     "MAX_SAMPLE_RATE",
+    "MIN_CLIP_SECONDS",
     "MIN_SAMPLE_RATE",
     "audio_info",
-    "MIN_CLIP_SECONDS",
     "load_audio",
-    "min_clip_samples",
-    "pad_to_min",
+    "pad_to_min_length",
     "resample",
 ]
 
@@ -35,11 +36,9 @@ MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 96_000
 MAX_CHANNELS = 8
 
-# The shortest clip an encoder gets: one BEATs patch, 16 fbank frames = 400 + 15 * 160 samples at
-# 16 kHz. Shorter clips are padded with silence to it (pad_to_min) at every rate and for every
-# token type, so that `clapart caption` and the pipeline give an encoder the same input.
-_MIN_CLIP_16K = 2800
-MIN_CLIP_SECONDS = _MIN_CLIP_16K / 16_000  # 0.175 s
+#: the shortest clip every encoder can code: one BEATs patch, 16 fbank frames of 25 ms every
+#: 10 ms = (16 - 1) * 160 + 400 = 2800 samples at 16 kHz (EnCodec and CLAP take shorter clips)
+MIN_CLIP_SECONDS = 2800 / 16_000
 
 # Extra source frames read past a ``max_seconds`` crop so the resampling filter sees real
 # signal (not zero padding) at the crop edge; the tail is cut off after resampling. 0.05 s
@@ -47,7 +46,7 @@ MIN_CLIP_SECONDS = _MIN_CLIP_16K / 16_000  # 0.175 s
 _CROP_MARGIN_S = 0.05
 
 
-class AudioDecodeError(ValueError):
+class AudioDecodeError(UserError, ValueError):
     """An audio file could not be decoded into a usable waveform.
 
     Attributes:
@@ -218,22 +217,24 @@ def load_audio(
     return wave
 
 
-def min_clip_samples(sample_rate: int) -> int:
-    """:data:`MIN_CLIP_SECONDS` in samples at ``sample_rate`` (rounded up; 2800 at 16 kHz, 8400 at 48 kHz)."""
-    return -(-_MIN_CLIP_16K * int(sample_rate) // 16_000)
+def pad_to_min_length(wave: np.ndarray, sample_rate: int, min_seconds: float = MIN_CLIP_SECONDS) -> tuple[np.ndarray, bool]:
+    """Append silence to a clip shorter than ``min_seconds``, so that every encoder can code it.
 
+    A click or a UI blip (tens of ms) is a real sound to caption, but BEATs needs one patch
+    (:data:`MIN_CLIP_SECONDS`). Zeros after the sound are what a longer recording of it would
+    hold, and the encoders see them as silence.
 
-def pad_to_min(wave: np.ndarray, min_samples: int) -> np.ndarray:
-    """``wave`` ``[S]`` followed by silence up to ``min_samples`` samples; ``wave`` itself when it
-    is long enough (the caller compares lengths to flag a padded clip).
+    Args:
+        wave: ``[S]`` mono samples at ``sample_rate`` Hz.
+        min_seconds: the length to reach.
 
-    The one padding rule for clips shorter than an encoder's minimum (one BEATs patch:
-    2800 samples at 16 kHz, 0.175 s): trailing zeros, the silence a short sound is heard in.
-    Used by ``clapart caption`` and the decode stage alike; ``min_samples`` is at the wave's rate
-    (:func:`min_clip_samples`).
+    Returns:
+        ``(wave, padded)``: ``[max(S, ceil(min_seconds * sample_rate))]`` of ``wave``'s dtype (the
+        input itself when long enough) and whether silence was appended.
     """
-    if min_samples < 0:
-        raise ValueError(f"min_samples must be >= 0, got {min_samples}")
-    if len(wave) >= min_samples:
-        return wave
-    return np.concatenate([wave, np.zeros(min_samples - len(wave), dtype=wave.dtype)])
+    # round first: 0.175 * 16000 is 2800.0000000000005 in floating point, and 2801 samples would
+    # make the padded length depend on that rounding error
+    need = math.ceil(round(min_seconds * sample_rate, 6))
+    if len(wave) >= need:
+        return wave, False
+    return np.concatenate([wave, np.zeros(need - len(wave), dtype=wave.dtype)]), True

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import torch
 from tqdm import tqdm
 
+from clapart_core.pipeline.errors import UserError
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter
 
 PCM_SCALE = 32767.0
@@ -28,17 +29,20 @@ def audio_path(out_dir: Path, sample_rate: int, split: str) -> Path:
     return Path(out_dir) / f"sr{sample_rate}" / f"{split}.h5"
 
 
-#: shortest clip every encoder can use: one BEATs patch = 16 fbank frames = 2800 samples at 16 kHz
-MIN_SECONDS = 2800 / 16_000
-
-
-class ClipDecodeError(RuntimeError):
+class ClipDecodeError(UserError, RuntimeError):
     """``decode.on_error: fail`` met a clip it cannot use; the message is one line."""
 
 
 @dataclass
 class DecodeReport:
-    """What the decode stage skipped (never seen by later stages) and flagged (kept, suspicious)."""
+    """What did not reach the features, and what reached them altered: ``metrics/decode.json``.
+
+    ``skipped``: every clip of the corpus CSVs left out, whichever stage left it out (the corpus
+    stage: ``missing``, ``empty``, ``unreadable``, ...; this one: ``non_finite``, ...), each
+    ``{clip_id, split, path, reason, stage}``. ``flagged``: clips kept but altered or suspicious
+    (``cropped``, ``truncated``, ``padded``, ``silent``), one entry per reason. ``n_clips``
+    counts the CSV rows, so ``n_clips == n_decoded + n_skipped``.
+    """
 
     on_error: str
     n_clips: int = 0
@@ -56,6 +60,35 @@ class DecodeReport:
             "skipped": self.skipped,
             "flagged": self.flagged,
         }
+
+
+#: the one reason the corpus stage's ``data.strict`` decides alone: a file named in a CSV that is not on disk
+#: (AudioCaps always misses some YouTube clips); every other unusable file follows ``decode.on_error``
+_STRICT_ONLY = "missing"
+
+
+def _unusable(clip_id: str, path: Path | str, detail: str, reason: str) -> ClipDecodeError:
+    return ClipDecodeError(f"clip {clip_id!r} ({path}): {detail} [{reason}]; set decode.on_error: skip to leave such clips out")
+
+
+def merge_corpus_drops(manifest: pa.Table, root: Path, report: DecodeReport) -> DecodeReport:
+    """Add the clips the corpus stage left out (the manifest's report) to ``report``'s ``skipped``.
+
+    Under ``on_error="fail"`` the first of them that exists but cannot be used (empty, not audio,
+    an unsupported rate, ...) raises :class:`ClipDecodeError` before anything is decoded; a
+    missing file is only listed, because ``data.strict`` already decided about those.
+    """
+    from clapart_core.corpus.manifest import corpus_left_out, resolve_audio_path
+
+    for entry in corpus_left_out(manifest):
+        path = resolve_audio_path(root, entry["audio_path"])
+        if report.on_error == "fail" and entry["reason"] != _STRICT_ONLY:
+            raise _unusable(entry["clip_id"], path, entry["detail"], entry["reason"])
+        report.n_clips += 1
+        report.skipped.append(
+            {"clip_id": entry["clip_id"], "split": entry["split"], "path": str(path), "reason": f"{entry['reason']}: {entry['detail']}", "stage": "corpus"}
+        )
+    return report
 
 
 def riff_truncated(path: Path) -> bool:
@@ -82,16 +115,17 @@ def riff_truncated(path: Path) -> bool:
 def decode_clip(path: Path, sample_rates: Sequence[int], max_seconds: float | None) -> tuple[dict[int, np.ndarray], list[str]]:
     """Decode one file at every rate; returns the waves and the reasons to flag it (may be empty).
 
+    A clip shorter than one BEATs patch is padded with silence to it
+    (:func:`clapart_core.corpus.audio.pad_to_min_length`) and flagged ``padded``.
+
     Raises:
         AudioDecodeError: the file cannot be used (missing, empty, unreadable, non-finite, bad
-            channel count or rate, shorter than one BEATs patch).
+            channel count or rate).
     """
-    from clapart_core.corpus.audio import AudioDecodeError, audio_info, load_audio
+    from clapart_core.corpus.audio import MIN_CLIP_SECONDS, audio_info, load_audio, pad_to_min_length
 
     sr_file, _, frames = audio_info(path)
     duration = frames / sr_file
-    if duration < MIN_SECONDS:
-        raise AudioDecodeError(path, "too_short", f"{duration:.3f} s is shorter than one BEATs patch ({MIN_SECONDS:.3f} s)")
     waves = {sr: load_audio(path, sr, max_seconds=max_seconds) for sr in sample_rates}
     flags = []
     if max_seconds is not None and duration > max_seconds:
@@ -99,8 +133,11 @@ def decode_clip(path: Path, sample_rates: Sequence[int], max_seconds: float | No
     sr0 = sample_rates[0]
     if riff_truncated(path):
         flags.append(f"truncated: the file ends inside its audio data; kept the {len(waves[sr0]) / sr0:.2f} s that could be read")
-    if len(waves[sr0]) / sr0 < MIN_SECONDS:
-        raise AudioDecodeError(path, "too_short", f"only {len(waves[sr0]) / sr0:.3f} s could be read, less than one BEATs patch")
+    kept_seconds = len(waves[sr0]) / sr0
+    padded = {sr: pad_to_min_length(wave, sr) for sr, wave in waves.items()}
+    if any(was_padded for _, was_padded in padded.values()):
+        waves = {sr: wave for sr, (wave, _) in padded.items()}
+        flags.append(f"padded: {kept_seconds:.3f} s is shorter than one BEATs patch; silence appended to {MIN_CLIP_SECONDS:.3f} s")
     if not np.any(waves[sr0]):
         flags.append("silent: every sample is zero")
     return waves, flags
@@ -120,8 +157,9 @@ def decode_split(
 
     ``on_error="fail"`` raises :class:`ClipDecodeError` (one line naming clip, file and problem)
     at the first unusable clip, before any file is completed; ``"skip"`` leaves the clip out of
-    every rate's file and records it in the report. Suspicious clips that are kept (all-zero,
-    truncated, cropped) are flagged in both modes.
+    every rate's file and records it in the report. Clips that are kept altered or suspicious
+    (padded, cropped, truncated, all-zero) are flagged in both modes. The clips the corpus stage
+    left out are added by :func:`merge_corpus_drops`.
     """
     # imported here so that stages which only *read* decoded audio do not depend on the decoders
     from clapart_core.corpus.audio import AudioDecodeError
@@ -145,10 +183,11 @@ def decode_split(
                 waves, flags = decode_clip(path, sample_rates, max_seconds)
             except AudioDecodeError as err:
                 if on_error == "fail":
-                    raise ClipDecodeError(f"clip {row['clip_id']!r} ({path}): {err.detail} [{err.reason}]") from None
-                report.skipped.append({"clip_id": row["clip_id"], "path": str(path), "reason": f"{err.reason}: {err.detail}"})
+                    raise _unusable(row["clip_id"], path, err.detail, err.reason) from None
+                reason = f"{err.reason}: {err.detail}"
+                report.skipped.append({"clip_id": row["clip_id"], "split": split, "path": str(path), "reason": reason, "stage": "decode"})
                 continue
-            report.flagged += [{"clip_id": row["clip_id"], "path": str(path), "reason": f} for f in flags]
+            report.flagged += [{"clip_id": row["clip_id"], "split": split, "path": str(path), "reason": f} for f in flags]
             for sr, writer in writers.items():
                 writer.append(row["clip_id"], np.round(np.clip(waves[sr], -1.0, 1.0) * PCM_SCALE).astype(np.int16))
             report.n_decoded += 1

@@ -22,6 +22,7 @@ from clapart_core.corpus.sources import (
     clotho_splits,
     read_csv_records,
 )
+from clapart_core.pipeline.errors import UserError
 from clapart_core.pipeline.params import SPLITS
 
 __all__ = ["DatasetDownloadError", "download_corpus"]
@@ -29,7 +30,7 @@ __all__ = ["DatasetDownloadError", "download_corpus"]
 log = logging.getLogger(__name__)
 
 
-class DatasetDownloadError(RuntimeError):
+class DatasetDownloadError(UserError, RuntimeError):
     """A dataset could not be downloaded; the message says what to install or run instead."""
 
 

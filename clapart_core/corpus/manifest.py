@@ -13,13 +13,15 @@ column          type                meaning
 ==============  ==================  ==================================================
 
 Schema metadata: ``clapart.root`` (corpus root), ``clapart.source`` and ``clapart.report``
-(JSON :class:`CorpusReport`: missing/unreadable/unlisted files, dropped captions). In memory
+(JSON :class:`CorpusReport`: missing/unreadable/unlisted files, dropped captions, and every CSV
+row left out with its reason, which the decode stage adds to ``metrics/decode.json``). In memory
 the root is a path usable from the current directory; :func:`write_manifest` stores a
 relative root relative to the manifest's own folder (so the file keeps working in a copied
 repository such as a ``dvc exp run`` workspace) and an absolute root as is;
 :func:`read_manifest` turns it back into a usable path.
 
-Audio paths never leave the root: :func:`resolve_audio_path` refuses absolute paths and ``..``.
+Audio paths never leave the root: :func:`check_relative` refuses absolute paths and ``..``, and
+:func:`resolve_audio_path` a path that a symlink leads out of the root.
 
 One id convention for everything a user compares (:func:`file_names`): predictions
 (``data/predictions/test.csv``), per-clip tables and the corpus's own caption CSVs name a clip by
@@ -48,6 +50,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clapart_core.pipeline.atomic import atomic_path
+from clapart_core.pipeline.errors import UserError
 from clapart_core.pipeline.params import SPLITS
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "CorpusReport",
     "ManifestError",
     "check_relative",
+    "corpus_left_out",
     "corpus_report",
     "file_names",
     "read_manifest",
@@ -87,7 +91,7 @@ _MAX_EXAMPLES = 50  # file names kept per problem list in the stored report
 _BARE_NAME_SOURCES = frozenset({"clotho", "audiocaps"})
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A corpus or manifest is malformed; the message names the file and the problem."""
 
 
@@ -97,6 +101,9 @@ class CorpusReport:
 
     Paths are relative to the corpus root. ``missing_audio`` / ``unreadable_audio`` rows are
     left out of the manifest; ``unlisted_audio`` are audio files under the root that no CSV names.
+    ``left_out`` names every CSV row left out, ``{clip_id, split, audio_path, reason, detail}``
+    (``reason`` as :class:`~clapart_core.corpus.audio.AudioDecodeError` spells it); it is stored
+    whole, not cut to examples, because the decode stage reports each one.
     """
 
     root: str
@@ -107,6 +114,7 @@ class CorpusReport:
     unreadable_audio: tuple[str, ...] = ()  # "rel/path.wav (reason)"
     unlisted_audio: tuple[str, ...] = ()
     dropped_empty_captions: int = 0
+    left_out: tuple[dict[str, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,7 +139,8 @@ class CorpusReport:
         return f"{self.root}: " + "; ".join(parts)
 
     def to_dict(self, max_examples: int = _MAX_EXAMPLES) -> dict[str, Any]:
-        """JSON-ready dict; problem lists are cut to ``max_examples`` with their full counts."""
+        """JSON-ready dict; problem lists are cut to ``max_examples`` with their full counts
+        (``left_out`` is kept whole)."""
         # No root here: the manifest stores it under ROOT_KEY, rewritten relative to the file.
         out: dict[str, Any] = {
             "n_clips": self.n_clips,
@@ -143,6 +152,7 @@ class CorpusReport:
             items = getattr(self, name)
             out[f"n_{name}"] = len(items)
             out[name] = list(items[:max_examples])
+        out["left_out"] = [dict(entry) for entry in self.left_out]
         out.update(self.extra)
         return out
 
@@ -166,10 +176,22 @@ def check_relative(rel: str, where: str) -> str:
 def resolve_audio_path(root: str | Path, rel: str) -> Path:
     """``root / rel`` for a manifest ``audio_path``; refuses paths that escape the root.
 
-    The check is lexical (absolute paths, drive letters and ``..`` components are refused), so
-    a root that is itself a symlink into a data disk still works.
+    Absolute paths, drive letters and ``..`` components are refused (:func:`check_relative`), and
+    so is a path that symlinks lead out of the root: both are compared with every symlink
+    resolved, so a root that is itself a symlink into a data disk still works, but a link inside
+    the corpus to ``/etc/hostname`` does not. (A missing file resolves as far as it exists.)
+
+    Raises:
+        ManifestError: the path escapes the root.
     """
-    return Path(root) / check_relative(rel, f"corpus root {root}")
+    path = Path(root) / check_relative(rel, f"corpus root {root}")
+    real = path.resolve()
+    if not real.is_relative_to(Path(root).resolve()):
+        raise ManifestError(
+            f"{path}: a symlink leads out of the corpus root {root} (to {real}); copy the file into the corpus "
+            "or point data.root at a folder that holds it"
+        )
+    return path
 
 
 def file_names(table: pa.Table) -> dict[str, str]:
@@ -196,6 +218,11 @@ def corpus_report(table: pa.Table) -> dict[str, Any]:
     """The report stored in a manifest's metadata (see :meth:`CorpusReport.to_dict`), or {}."""
     raw = (table.schema.metadata or {}).get(REPORT_KEY)
     return json.loads(raw) if raw else {}
+
+
+def corpus_left_out(table: pa.Table) -> list[dict[str, str]]:
+    """The CSV rows the corpus stage left out of this manifest (see :class:`CorpusReport`), or []."""
+    return list(corpus_report(table).get("left_out", []))
 
 
 # --------------------------------------------------------------------------------------------

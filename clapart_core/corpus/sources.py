@@ -38,8 +38,8 @@ from typing import Any
 import pyarrow as pa
 
 from clapart_core.corpus.audio import AudioDecodeError, audio_info
-from clapart_core.corpus.manifest import MANIFEST_SCHEMA, CorpusReport, ManifestError, check_relative, with_metadata
-from clapart_core.pipeline.params import SPLITS
+from clapart_core.corpus.manifest import MANIFEST_SCHEMA, CorpusReport, ManifestError, check_relative, resolve_audio_path, with_metadata
+from clapart_core.pipeline.params import AUDIOCAPS_VERSIONS, CLOTHO_VERSIONS, SPLITS
 
 __all__ = [
     "AAC_DEFAULTS",
@@ -176,6 +176,10 @@ def _audio_files_under(root: Path) -> list[str]:
     return sorted(found)
 
 
+def _left_out(row: _Row, reason: str, detail: str) -> dict[str, str]:
+    return {"clip_id": row.clip_id, "split": row.split, "audio_path": row.audio_path, "reason": reason, "detail": detail}
+
+
 def _examples(items: list[str] | tuple[str, ...]) -> str:
     head = ", ".join(items[:5])
     return head + (f" and {len(items) - 5} more" if len(items) > 5 else "")
@@ -224,15 +228,18 @@ def _finish_corpus(
     kept: list[tuple[_Row, float]] = []
     missing: list[str] = []
     unreadable: list[str] = []
+    left_out: list[dict[str, str]] = []  # every row not kept, for metrics/decode.json
     for row in rows:
-        path = root / row.audio_path
-        if not path.is_file():
+        path = resolve_audio_path(root, row.audio_path)  # a symlink out of the root is refused
+        if not path.exists():  # (a folder or a fifo is 'unreadable', from audio_info)
             missing.append(row.audio_path)
+            left_out.append(_left_out(row, "missing", "audio file does not exist"))
             continue
         try:
             sr, _channels, frames = audio_info(path)
         except AudioDecodeError as err:
             unreadable.append(f"{row.audio_path} ({err.reason})")
+            left_out.append(_left_out(row, err.reason, err.detail))
             continue
         kept.append((row, frames / sr))
 
@@ -277,6 +284,7 @@ def _finish_corpus(
         unreadable_audio=tuple(unreadable),
         unlisted_audio=tuple(unlisted),
         dropped_empty_captions=dropped,
+        left_out=tuple(left_out),
         extra={"captions_per_clip": caps_per_clip, **(extra or {})},
     )
     (log.warning if not report.ok or missing_splits else log.info)("%s", report.summary())
@@ -357,8 +365,6 @@ def read_folder_corpus(root: str | Path, *, strict: bool = False, allow_unlisted
 # --------------------------------------------------------------------------------------------
 # Clotho and AudioCaps in aac-datasets' layout (https://github.com/Labbeti/aac-datasets, 0.7.0)
 
-CLOTHO_VERSIONS: tuple[str, ...] = ("v1", "v2", "v2.1")
-AUDIOCAPS_VERSIONS: tuple[str, ...] = ("v1", "v2")
 # Our split -> (aac-datasets subset name, Clotho folder/CSV suffix). Clotho v1 has no validation.
 CLOTHO_SUBSETS: dict[str, tuple[str, str]] = {
     "train": ("dev", "development"),

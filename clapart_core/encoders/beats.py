@@ -20,9 +20,9 @@ the official code). Public API::
 
     model = load_beats(path)                       # eval mode, CPU, float32
     feats, mask = model.extract_features(wave, padding_mask)   # [B, N, D], [B, N] | None
-    tok = load_beats_tokenizer(path)
+    tok = load_acoustic_tokenizer(path)
     codes = tok.extract_labels(wave, padding_mask)              # [B, N] int64
-    random_beats({...}, seed), random_beats_tokenizer({...}, seed)  # seeded random weights
+    random_beats({...}, seed), random_acoustic_tokenizer({...}, seed)  # seeded random weights
     num_patches(num_samples), save_beats_checkpoint(model, path)
 
 Padding -- the one deliberate deviation from the official code
@@ -765,7 +765,7 @@ def _build_from_checkpoint(model_cls: type, config_cls: type, path: str | os.Pat
             parts.append(f"unknown keys: {_short_list(unknown)}")
         hint = ""
         if model_cls is BEATs and any(k.startswith("quantize") for k in unknown):
-            hint = " (this looks like a tokenizer checkpoint: use load_beats_tokenizer)"
+            hint = " (this looks like a tokenizer checkpoint: use load_acoustic_tokenizer)"
         elif model_cls is BEATsTokenizer and any(k.startswith("quantize") for k in missing) and not any(
             k.startswith("quantize") for k in state
         ):
@@ -799,7 +799,7 @@ def load_beats(path: str | os.PathLike) -> BEATs:
     return _build_from_checkpoint(BEATs, BEATsConfig, path, "BEATs")
 
 
-def load_beats_tokenizer(path: str | os.PathLike) -> BEATsTokenizer:
+def load_acoustic_tokenizer(path: str | os.PathLike) -> BEATsTokenizer:
     """Load an official BEATs acoustic tokenizer checkpoint: eval mode, CPU, float32."""
     model = _build_from_checkpoint(BEATsTokenizer, BEATsTokenizerConfig, path, "BEATs tokenizer")
     if not bool((model.quantize.embedding.initted > 0).all()):
@@ -814,7 +814,7 @@ def save_beats_checkpoint(model: BEATs | BEATsTokenizer, path: str | os.PathLike
     """Write ``model`` in the official format ``{'cfg': dict, 'model': state_dict}`` (+ ``label_dict``).
 
     The file is written next to ``path`` and renamed into place, so an interrupted save never
-    leaves a truncated checkpoint behind. :func:`load_beats` / :func:`load_beats_tokenizer` read it back.
+    leaves a truncated checkpoint behind. :func:`load_beats` / :func:`load_acoustic_tokenizer` read it back.
     """
     path = Path(path)
     ckpt: dict[str, Any] = {
@@ -901,7 +901,7 @@ def random_beats(cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> 
 
 
 def random_beats_parameters(cfg_overrides: dict[str, Any] | None = None, tokenizer: bool = False) -> int:
-    """Parameters of :func:`random_beats` (``tokenizer``: :func:`random_beats_tokenizer`) with these
+    """Parameters of :func:`random_beats` (``tokenizer``: :func:`random_acoustic_tokenizer`) with these
     overrides, counted on the meta device without allocating; ValueError for unknown keys."""
     from clapart_core.encoders.spec import parameters_on_meta
 
@@ -910,7 +910,7 @@ def random_beats_parameters(cfg_overrides: dict[str, Any] | None = None, tokeniz
     return parameters_on_meta(lambda: model_cls(config))
 
 
-def random_beats_tokenizer(cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> BEATsTokenizer:
+def random_acoustic_tokenizer(cfg_overrides: dict[str, Any] | None = None, seed: int = 0) -> BEATsTokenizer:
     """The BEATs acoustic tokenizer with seeded random weights and a unit-norm random codebook.
 
     Defaults: the BEATs_iter3_plus_AS2M backbone with a 1024 x 256 codebook.

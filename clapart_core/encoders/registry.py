@@ -81,15 +81,6 @@ class TokenType:
         """The keys a spec of this type may have (a model directory's ``frontend.json`` is checked against them)."""
         return frozenset(("checkpoint", "random", "seed", *self.spec_keys))
 
-    @property
-    def min_samples(self) -> int:
-        """The shortest clip its encoder gets, in samples at :attr:`sample_rate`: one BEATs patch
-        (0.175 s) for every type, shorter clips being padded with silence to it
-        (:func:`clapart_core.corpus.audio.pad_to_min`), as the decode stage pads them."""
-        from clapart_core.corpus.audio import min_clip_samples
-
-        return min_clip_samples(self.sample_rate)
-
     def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
         """Seconds of audio whose codes fill ``n_codes`` time steps (what a captioner with
         ``max_frames = n_codes`` reads of a clip), for the encoder ``spec`` names."""
@@ -284,9 +275,9 @@ class _BeatsTokenizer(_Beats):
         return random_beats_parameters(overrides, tokenizer=True)
 
     def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
-        from clapart_core.encoders.beats import load_beats_tokenizer, random_beats_tokenizer
+        from clapart_core.encoders.beats import load_acoustic_tokenizer, random_acoustic_tokenizer
 
-        model = checkpoint_or_random(spec, load_beats_tokenizer, random_beats_tokenizer, "BEATs tokenizer", self.random_parameters).to(device)
+        model = checkpoint_or_random(spec, load_acoustic_tokenizer, random_acoustic_tokenizer, "BEATs tokenizer", self.random_parameters).to(device)
         return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
 
     def extract(
@@ -369,6 +360,8 @@ TOKEN_TYPES: dict[str, TokenType] = {
         ),
     )
 }
+#: the EnCLAP baseline's token type: EnCLAP checkpoints read EnCodec codes (``clapart import-enclap``)
+ENCLAP_TOKEN_TYPE: TokenType = TOKEN_TYPES["encodec"]
 
 
 def token_type(name: str) -> TokenType:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from clapart_core.pipeline.errors import UserError
+
 # Input rates in Hz. The decode stage writes the audio at the rates the configured encoders read.
 BEATS_SAMPLE_RATE = 16_000  # BEATs and its tokenizer: Kaldi fbank, 25 ms / 10 ms frames at 16 kHz
 ENCODEC_SAMPLE_RATE = 24_000  # facebook/encodec_24khz, EnCLAP's codec
@@ -33,7 +35,7 @@ MAX_RANDOM_PARAMETERS = 1_000_000_000
 Model = TypeVar("Model")
 
 
-class ModelNotFoundError(RuntimeError):
+class ModelNotFoundError(UserError, RuntimeError):
     """A named pretrained model is not available (offline or wrong path)."""
 
 

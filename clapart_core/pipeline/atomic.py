@@ -92,3 +92,30 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         path.rename(old)
     tmp.rename(path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_files(files: dict[Path, bytes], *, fsync: bool = True) -> list[Path]:
+    """Replace a set of files together: each is written under its temporary name first, and only
+    when all are written are they renamed into place. A failure while writing (a full disk, a
+    read-only folder) leaves every file as it was, never a mix of old and new files.
+
+    Files whose bytes are unchanged are not rewritten (their time stamps stay). Returns the paths
+    that were replaced.
+    """
+    changed = {Path(p): data for p, data in files.items() if not (Path(p).is_file() and Path(p).read_bytes() == data)}
+    written: list[Path] = []
+    try:
+        for path, data in changed.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = partial_path(path)
+            written.append(tmp)
+            tmp.write_bytes(data)
+            if fsync:
+                _fsync(tmp)
+    except BaseException:
+        for tmp in written:
+            tmp.unlink(missing_ok=True)
+        raise
+    for path in changed:  # a rename within a folder needs no space: a full disk fails the writes above, not this
+        os.replace(partial_path(path), path)
+    return list(changed)

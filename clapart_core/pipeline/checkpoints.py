@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 
+from clapart_core.pipeline.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint file exists but cannot be used (unsafe, unreadable, or of the wrong format)."""
 
 

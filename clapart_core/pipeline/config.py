@@ -20,15 +20,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, TokenType, token_type
-from clapart_core.pipeline.params import CONFIG_DIR, DATA_SOURCES, phase_params
-
-
-def _token_type(params: dict[str, Any]) -> TokenType:
-    try:
-        return token_type(params["encoder"]["type"])
-    except ValueError as err:
-        raise ValueError(f"params.yaml: {err}") from None
+from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, token_type
+from clapart_core.pipeline.atomic import write_files
+from clapart_core.pipeline.errors import UserError
+from clapart_core.pipeline.params import CONFIG_DIR, phase_params
+from clapart_core.pipeline.schema import validate_params
 
 
 def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -37,7 +33,7 @@ def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     What applies to each token type is its registry entry's (:mod:`clapart_core.encoders.registry`):
     the rate its encoder reads, its encoder settings, and whether its codes come from RVQ codebooks.
     """
-    kind = _token_type(params)
+    kind = token_type(params["encoder"]["type"])
     rates = {kind.sample_rate, CLAP_SAMPLE_RATE}
     decode = {"sample_rates": sorted(rates), "max_seconds": params["decode"]["max_seconds"], "on_error": params["decode"]["on_error"]}
     features = kind.features_config(params)
@@ -53,16 +49,32 @@ def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def write_configs(params: dict[str, Any], out_dir: Path = CONFIG_DIR) -> None:
     """Write ``{out_dir}/{stage}.json`` (sorted keys: same settings, same bytes); stages read them
-    with :func:`clapart_core.pipeline.params.read_config`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stage, cfg in resolve(params).items():
-        text = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-        path = out_dir / f"{stage}.json"
-        if not path.is_file() or path.read_text() != text:
-            path.write_text(text)
+    with :func:`clapart_core.pipeline.params.read_config`.
+
+    All or nothing: every file is resolved and written under a temporary name before any is
+    renamed into place (:func:`clapart_core.pipeline.atomic.write_files`), so a failure (a bad
+    setting, a full or read-only disk) leaves the previous set whole. Unchanged files are not
+    rewritten, so the stages that read them do not rerun.
+    """
+    texts = {stage: json.dumps(cfg, indent=2, sort_keys=True) + "\n" for stage, cfg in resolve(params).items()}
+    write_files({Path(out_dir) / f"{stage}.json": text.encode() for stage, text in texts.items()})
 
 
-class PreflightError(ValueError):
+def configure(params: dict[str, Any], out_dir: Path = CONFIG_DIR) -> list[str]:
+    """The configure stage: validate the whole of ``params`` (:mod:`clapart_core.pipeline.schema`,
+    every fine-tuning phase included), check that what it names exists (:func:`preflight`), then
+    write the settings of each token stage (:func:`write_configs`). Returns the preflight's notes.
+
+    Raises:
+        ParamsError, PreflightError: one line naming the key and the problem; nothing is written.
+    """
+    validate_params(params)
+    notes = preflight(params)
+    write_configs(params, out_dir)
+    return notes
+
+
+class PreflightError(UserError, ValueError):
     """A setting names a model or file that is not there; raised before any long stage starts."""
 
 
@@ -82,17 +94,35 @@ def _hub_model_available(name: str) -> bool | None:
     return False if constants.HF_HUB_OFFLINE else None
 
 
+def _local_config(name: str) -> dict[str, Any] | None:
+    """The ``config.json`` of a model directory or a cached hub model; None if it is not here."""
+    path: Path | str | None = Path(name) / "config.json"
+    if not Path(name).is_dir():
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            path = try_to_load_from_cache(name, "config.json")
+        except HFValidationError:
+            return None
+    if not isinstance(path, (str, Path)) or not Path(path).is_file():
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None  # loading it will say what is wrong
+
+
 def preflight(params: dict[str, Any]) -> list[str]:
-    """Check, in well under a second, that every model the run will load exists.
+    """Check, in well under a second, that every model and corpus the run will read exists.
 
     Local checkpoint files must exist; hub ids must be a local directory or in the HF cache when
     offline (``HF_HUB_OFFLINE=1``); online, an uncached id is reported as "will be downloaded".
-    Raises :class:`PreflightError` (one line) on the first missing model; returns notes.
+    A pretrained BART must have positions for ``model.max_frames`` (when its config is here);
+    the corpus root of every phase must be a folder (unless generated or downloaded).
+    Raises :class:`PreflightError` (one line) on the first problem; returns notes.
     """
-    try:
-        kind = _token_type(params)
-    except ValueError as err:
-        raise PreflightError(str(err)) from None
+    kind = token_type(params["encoder"]["type"])
     files: list[tuple[str, str | None, str]] = []
     hub: list[tuple[str, str | None, str]] = []
     encoder = (f"{kind.section}.checkpoint", params[kind.section]["checkpoint"], kind.checkpoint_hint)
@@ -115,19 +145,32 @@ def preflight(params: dict[str, Any]) -> list[str]:
             )
         if found is None:
             notes.append(f"{key} = {name!r} is not cached: it will be downloaded")
+    _check_positions(params["model"])
+    _check_corpus_root(params["data"], "params.yaml: data")
     for phase in params.get("finetune") or {}:
-        _check_finetune_phase(params, phase)
+        _check_corpus_root(phase_params(params, phase)["data"], f"params.yaml: finetune.{phase}.data")
     return notes
 
 
-def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
-    """A ``finetune.NAME`` entry must be a valid overlay whose corpus root exists (or is downloaded)."""
-    try:
-        data = phase_params(params, phase)["data"]
-    except ValueError as err:
-        raise PreflightError(str(err)) from None
-    where = f"params.yaml: finetune.{phase}.data"
-    if data["source"] not in DATA_SOURCES:
-        raise PreflightError(f"{where}.source = {data['source']!r} is not one of {', '.join(DATA_SOURCES)}")
-    if data["source"] != "demo" and not data.get("download") and not Path(data["root"]).is_dir():
-        raise PreflightError(f"{where}.root = {data['root']!r} is not a folder (set download: true to fetch {data['source']})")
+def _check_positions(model: dict[str, Any]) -> None:
+    """``<s>``, ``model.max_frames`` frames and ``</s>`` must fit a pretrained BART's positions.
+
+    (A BART built from scratch is given enough; a pretrained one not cached yet is checked when
+    it is loaded.)
+    """
+    if not model["pretrained"]:
+        return
+    config = _local_config(model["pretrained"])
+    positions = (config or {}).get("max_position_embeddings")
+    if isinstance(positions, int) and model["max_frames"] + 2 > positions:
+        raise PreflightError(
+            f"params.yaml: model.max_frames = {model['max_frames']} needs {model['max_frames'] + 2} positions (with <s> and </s>) "
+            f"but model.pretrained = {model['pretrained']!r} has {positions}; set model.max_frames <= {positions - 2}"
+        )
+
+
+def _check_corpus_root(data: dict[str, Any], where: str) -> None:
+    """A corpus root must be a folder, unless the corpus stage makes it (the demo, a download)."""
+    if data["source"] != "demo" and not data["download"] and not Path(data["root"]).is_dir():
+        hint = f" (or set download: true to fetch {data['source']})" if data["source"] in ("clotho", "audiocaps") else ""
+        raise PreflightError(f"{where}.root = {data['root']!r} is not a folder{hint}")

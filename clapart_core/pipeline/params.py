@@ -1,13 +1,14 @@
 """Reading ``params.yaml`` (the one place every stage's settings come from), overlaying params
 (:func:`merge_params`: fine-tuning phases, test and bench profiles, model defaults), the names
 every stage shares (:data:`SPLITS`, :data:`DATA_SOURCES`) and where each training phase keeps
-its artifacts (:class:`Workspace`)."""
+its artifacts (:class:`Workspace`), and how every stage starts and reports a user's mistake
+(:func:`run_stage`)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from clapart_core.pipeline.errors import DEBUG_ENV, MissingInputError, ParamsError, debug_requested, user_errors
+
 #: the corpus splits, in the order every stage walks them (one artifact file per split)
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
-#: the values of ``data.source``: the synthetic demo, a folder of CSVs, Clotho or AudioCaps
-DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
-
 #: the sections of a ``finetune.NAME`` entry, overlaid on the top-level ones: the fine-tuning
 #: corpus and its training recipe. Both are required (``train: {}`` keeps the first phase's
 #: recipe) because dvc.yaml tracks each one as a param of its own stages, so a recipe change
@@ -28,23 +28,34 @@ DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
 #: model being fine-tuned, so nothing else can change.
 FINETUNE_SECTIONS = ("data", "train")
 
-#: the corpus readers of ``data.source`` (clapart_core/corpus/sources.py); here so that the
-#: configure stage's preflight can check a setting without importing the corpus code
+#: the values of ``data.source``: the synthetic demo, a folder of CSVs, Clotho or AudioCaps (the
+#: readers are in clapart_core/corpus/sources.py); here, with the dataset versions those readers
+#: know, so that the params schema (clapart_core/pipeline/schema.py) names them without the corpus code
 DATA_SOURCES: tuple[str, ...] = ("demo", "folder", "clotho", "audiocaps")
+CLOTHO_VERSIONS: tuple[str, ...] = ("v1", "v2", "v2.1")
+AUDIOCAPS_VERSIONS: tuple[str, ...] = ("v1", "v2")
 
 #: the settings configure resolves for each token stage (clapart_core/pipeline/config.py)
 CONFIG_DIR = Path("data/config")
 
 
 def load_params(path: Path | str = "params.yaml") -> dict[str, Any]:
-    """Parse ``params.yaml`` into nested dicts (``yaml.safe_load``: no object construction)."""
+    """Parse ``params.yaml`` into nested dicts (``yaml.safe_load``: no object construction).
+
+    Raises:
+        MissingInputError: no such file (not run from the project root).
+        ParamsError: not YAML, or not a mapping of sections.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run clapart stages from the project root (the folder with dvc.yaml)")
-    with path.open() as f:
-        params = yaml.safe_load(f)
+        raise MissingInputError(f"{path} not found: run clapart stages from the project root (the folder with dvc.yaml)")
+    try:
+        with path.open() as f:
+            params = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path} is not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(params, dict):
-        raise ValueError(f"{path} must hold a mapping of parameter sections")
+        raise ParamsError(f"{path} must hold a mapping of parameter sections")
     return params
 
 
@@ -57,7 +68,7 @@ def read_config(stage: str, config_dir: Path = CONFIG_DIR) -> dict[str, Any]:
     """
     path = config_dir / f"{stage}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the configure stage first (dvc repro configure)")
+        raise MissingInputError(f"{path} is missing: run the configure stage first (dvc repro configure)")
     return json.loads(path.read_text())
 
 
@@ -147,13 +158,13 @@ def merge_params(base: Mapping[str, Any], overlay: Mapping[str, Any] | None) -> 
     Mappings merge key by key; anything else in ``overlay`` wins, lists whole (never merged
     item by item) and ``None`` included. Keys keep ``base``'s order, new ones follow. Values
     are kept as given (``allow_objects``: a YAML date stays a date; tuples become lists). A
-    mapping and a list under one key cannot be merged: that raises ``ValueError``.
+    mapping and a list under one key cannot be merged: that raises ``ParamsError`` (a ``ValueError``).
     """
     flags = {"allow_objects": True}
     try:
         merged = OmegaConf.merge(OmegaConf.create(dict(base), flags=flags), OmegaConf.create(dict(overlay or {}), flags=flags))
     except OmegaConfBaseException as err:
-        raise ValueError(f"cannot overlay these params ({' '.join(str(err).split())})") from None
+        raise ParamsError(f"cannot overlay these params ({' '.join(str(err).split())})") from None
     return OmegaConf.to_container(merged)
 
 
@@ -161,48 +172,46 @@ def phase_params(params: dict[str, Any], phase: str | None) -> dict[str, Any]:
     """The params a stage of ``phase`` runs with: the top level, overlaid by ``finetune.<phase>``.
 
     Raises:
-        ValueError: the phase is not under ``finetune``, or its entry overrides a section that a
+        ParamsError: the phase is not under ``finetune``, or its entry overrides a section that a
             fine-tune cannot change (see :data:`FINETUNE_SECTIONS`).
     """
     if phase is None:
         return params
     phases = params.get("finetune") or {}
     if phase not in phases:
-        raise ValueError(f"params.yaml: no finetune.{phase} entry (phases: {', '.join(phases) or 'none'})")
+        raise ParamsError(f"params.yaml: no finetune.{phase} entry (phases: {', '.join(phases) or 'none'})")
     overlay = phases[phase] or {}
     bad = sorted(set(overlay) - set(FINETUNE_SECTIONS))
     if bad:
-        raise ValueError(
+        raise ParamsError(
             f"params.yaml: finetune.{phase} may hold only {', '.join(FINETUNE_SECTIONS)}, not {', '.join(bad)} "
             "(the encoder, codebooks and captioner are those of the model being fine-tuned)"
         )
     missing = [key for key in FINETUNE_SECTIONS if not isinstance(overlay.get(key), dict)]
     if missing:
-        raise ValueError(f"params.yaml: finetune.{phase} needs a mapping for {', '.join(missing)} (`train: {{}}` keeps the first phase's recipe)")
+        raise ParamsError(f"params.yaml: finetune.{phase} needs a mapping for {', '.join(missing)} (`train: {{}}` keeps the first phase's recipe)")
     return merge_params(params, overlay)
 
 
-def start_stage(name: str, path: Path | str = "params.yaml", argv: list[str] | None = None) -> tuple[dict[str, Any], Workspace]:
-    """Common start of every ``stages/*.py``: log to stderr with timestamps, read the params.
+def run_stage(name: str, main: Callable[[dict[str, Any], Workspace], None], path: Path | str = "params.yaml", argv: list[str] | None = None) -> None:
+    """Run a DVC stage: the common start and end of every ``stages/*.py``.
 
-    ``--phase NAME`` on the command line (used by the ``finetune`` stages of dvc.yaml) selects a
-    fine-tuning phase: the params come overlaid by ``finetune.NAME`` and the paths are that
-    phase's (see [`Workspace`]).
-
-    Returns:
-        ``(params, workspace)``.
+    Logs to stderr with timestamps, reads the params and calls ``main(params, workspace)``.
+    ``--phase NAME`` on the command line (the ``ft_*`` stages of dvc.yaml) selects a fine-tuning
+    phase: the params come overlaid by ``finetune.NAME`` and the paths are that phase's (see
+    [`Workspace`]). A user error (bad params, a bad corpus, a missing file, a full or read-only
+    disk: :mod:`clapart_core.pipeline.errors`) ends the stage with one line, ``error: <what>
+    (stage NAME)``, and exit code 2; ``--debug`` or ``CLAPART_DEBUG=1`` shows its traceback.
     """
     import logging
     import sys
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--phase", default=None, help="a finetune.NAME entry of params.yaml")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user error (or set {DEBUG_ENV}=1)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     label = name if args.phase is None else f"{name}@{args.phase}"
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(name)s: %(message)s", datefmt="%H:%M:%S")
-    params = load_params(path)
-    try:
-        params = phase_params(params, args.phase)
-    except ValueError as err:
-        raise SystemExit(f"error: {err}") from None
-    return params, Workspace(args.phase)
+    with user_errors(f"stage {label}", debug=args.debug or debug_requested([])):
+        params = phase_params(load_params(path), args.phase)
+        main(params, Workspace(args.phase))

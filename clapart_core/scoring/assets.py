@@ -29,6 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from clapart_core.pipeline.atomic import atomic_path
+from clapart_core.pipeline.errors import UserError
 
 # aac-metrics 0.5.4 ``utils/checks.py``: MIN_JAVA_MAJOR_VERSION = 8, MAX_JAVA_MAJOR_VERSION = 13.
 MIN_JAVA_MAJOR = 8
@@ -80,7 +81,7 @@ _ASSETS: tuple[tuple[str, str, str], ...] = (
 REQUIRED_ASSETS: tuple[str, ...] = tuple(target for _, target, _ in _ASSETS[:3])
 
 
-class ScoringSetupError(RuntimeError):
+class ScoringSetupError(UserError, RuntimeError):
     """The machine lacks something scoring needs (Java, jars); the message says what and how to fix it."""
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from clapart_core.pipeline import atomic
+from clapart_core.pipeline.errors import UserError
 from clapart_core.scoring.assets import (
     AssetStatus,
     JavaNotFoundError,
@@ -101,7 +102,7 @@ _ECHECKER_NAME = "echecker_clotho_audiocaps_base"
 ScoreDict = dict[str, float | None | str | dict[str, str]]
 
 
-class ScoringInputError(ValueError):
+class ScoringInputError(UserError, ValueError):
     """Captions or caption files that cannot be scored; the message is one line naming the problem."""
 
 

@@ -5,7 +5,7 @@ output is one row per run and training phase — the main run (``metrics/scores.
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
 with token type, RVQ layers, CLAP on/off and the scores, as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
-``rvq.layers`` for the ``beats_rvq`` runs, one line per CLAP setting. No plotting library is
+``rvq.layers`` for the runs of an RVQ token type (BEATs-RVQ), one line per CLAP setting. No plotting library is
 needed: the SVG is written directly.
 """
 
@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.scoring.metrics import notes_path
 
 COLUMNS = (
@@ -27,6 +28,12 @@ COLUMNS = (
 )
 SCORES = "metrics/scores.json"
 FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
+
+
+def _uses_rvq(encoder_type: str | None) -> bool:
+    """Whether runs of this token type read RVQ codebooks (so ``rvq.layers`` means something);
+    False for a discrete type and for a type this version does not know (an old experiment)."""
+    return encoder_type in TOKEN_TYPES and TOKEN_TYPES[encoder_type].codebooks
 
 
 def _phase(metrics_file: str) -> str | None:
@@ -101,7 +108,7 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
                 "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
                 "phase": phase,
                 "encoder.type": _get(params, "encoder.type"),
-                "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
+                "rvq.layers": _get(params, "rvq.layers") if _uses_rvq(_get(params, "encoder.type")) else None,
                 "model.use_clap": _get(params, "model.use_clap"),
                 **{k: scores.get(k) for k in COLUMNS[5:] if k not in NOTE_COLUMNS},
                 **{k: notes(str(run.get("rev", "")), metrics_file).get(k) for k in NOTE_COLUMNS},
@@ -144,8 +151,8 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
-    """SPIDEr when any beats_rvq run has it, else CIDEr-D (SPICE absent)."""
-    rvq = [r for r in rows if r["encoder.type"] == "beats_rvq"]
+    """SPIDEr when any RVQ-token run has it, else CIDEr-D (SPICE absent)."""
+    rvq = [r for r in rows if _uses_rvq(r["encoder.type"])]
     return "spider" if any(r.get("spider") is not None for r in rvq) else "cider_d"
 
 
@@ -156,11 +163,11 @@ def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 52
     metric = plot_metric(rows)
     points: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
-        if r["encoder.type"] == "beats_rvq" and r.get(metric) is not None and r["rvq.layers"]:
+        if _uses_rvq(r["encoder.type"]) and r.get(metric) is not None and r["rvq.layers"]:
             label = "with CLAP" if r["model.use_clap"] else "without CLAP"
             points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
     if not points:
-        raise ValueError(f"no beats_rvq run with {metric} to plot")
+        raise ValueError(f"no RVQ-token run with {metric} to plot")
     xs = sorted({x for pts in points.values() for x, _ in pts})
     ys = [y for pts in points.values() for _, y in pts]
     lo, hi = min(ys), max(ys)
@@ -173,7 +180,7 @@ def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 52
     colours = ["#1f77b4", "#d62728", "#2ca02c"]
     svg = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-        f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers (beats_rvq)</text>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers</text>',
         f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>',
         f'<text x="{(left + right) / 2}" y="{height - 8}" text-anchor="middle">rvq.layers</text>',

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from clapart_core.pipeline.atomic import atomic_path
+from clapart_core.pipeline.errors import ParamsError
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,8 @@ def fit_residual_codebooks(
     if x.ndim != 2:
         raise ValueError(f"expected [M, D] features, got shape {x.shape}")
     m, d = x.shape
-    if m < codebook_size:
-        raise ValueError(
+    if m < codebook_size:  # a corpus too small for the setting: the user's to fix, one line
+        raise ParamsError(
             f"cannot fit {codebook_size} centroids on {m} feature frames: "
             "lower rvq.codebook_size or use more training audio"
         )
