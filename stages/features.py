@@ -16,9 +16,9 @@ if __name__ == "__main__":
     # which DVC deletes before a rerun
     out, audio, resume = ws.encoder_features, ws.audio, ws.resume / "features"
     cfg = read_config("features")
-    try:  # a refused checkpoint (e.g. a pickle that would run code) is a one-line error
+    try:  # a refused checkpoint (e.g. a pickle that would run code) or a bad setting (beats.layer) is a one-line error
         encoder = encoder_from_spec(cfg["type"], cfg["encoder"], resolve_device(cfg["device"]))
-    except CheckpointError as err:
+    except (CheckpointError, ValueError) as err:
         raise SystemExit(f"error: features: {err}") from None
     kind = encoder.kind
     for split in SPLITS:

@@ -9,15 +9,25 @@ Layout (HF ``save_pretrained`` plus what captioning raw audio needs)::
                                         checkpoint path or a random-init spec + seed, with their
                                         weight fingerprints
     rvq.npz                             the codebooks the tokens were made with (BEATs + RVQ only)
+    epochs/epoch_K/                     the ``train.keep_best`` best epochs (K 1-based), each a
+                                        complete model folder of the same layout (no summary);
+                                        absent with ``keep_best: 0``
 
-:func:`save_captioner` writes the first three parts as one folder swap (a killed run leaves the
-previous folder or none); the train stage then adds the front end with :func:`write_frontend`.
-Weights are read from safetensors only, so loading never unpickles code.
+The top-level folder is the epoch ``train.select_by`` chose (``training_summary.json`` says which:
+``best_epoch``; ``kept_epochs`` lists the folders under ``epochs/`` best first), so
+:func:`load_captioner` on ``data/model`` loads the selected model and on
+``data/model/epochs/epoch_K`` another kept one.
+
+:func:`save_captioner` writes the first three parts (and ``epochs/``) as one folder swap (a
+killed run leaves the previous folder or none); the train stage then adds the front end with
+:func:`write_frontend`. Weights are read from safetensors only, so loading never unpickles code.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,7 @@ from clapart_core.pipeline.storage import RaggedReader
 from clapart_core.tokens.rvq import load_codebooks, save_codebooks
 
 SUMMARY_FILE = "training_summary.json"
+EPOCHS_DIR = "epochs"
 FRONTEND_FILE = "frontend.json"
 CODEBOOKS_FILE = "rvq.npz"
 #: files a model folder must hold for :func:`load_captioner`
@@ -47,15 +58,44 @@ def save_captioner(
     summary: dict[str, Any],
     out_dir: Path,
     frontend: dict[str, Any] | None = None,
+    kept_epochs: Mapping[int, Path] | None = None,
 ) -> None:
     """Replace ``out_dir`` with model + tokenizer + ``training_summary.json`` (+ ``frontend.json``
-    when given, as an import writes it; training records it with :func:`write_frontend`), all at once."""
+    when given, as an import writes it; training records it with :func:`write_frontend`), all at once.
+
+    ``kept_epochs``: epoch -> a folder ``save_pretrained`` wrote (training's epoch snapshots),
+    copied to ``epochs/epoch_K/`` with the tokenizer.
+    """
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / SUMMARY_FILE).write_text(_json_text(summary))
         if frontend is not None:
             (tmp / FRONTEND_FILE).write_text(_json_text(frontend))
+        for epoch, snapshot in sorted((kept_epochs or {}).items()):
+            dst = tmp / EPOCHS_DIR / f"epoch_{epoch}"
+            shutil.copytree(snapshot, dst)
+            tokenizer.save_pretrained(str(dst))
+
+
+def load_snapshot(folder: Path) -> ClapArtForCaptioning:
+    """The captioner weights a ``save_pretrained`` folder holds (an epoch snapshot), eval mode, CPU."""
+    model = ClapArtForCaptioning.from_pretrained(str(folder))
+    model.eval()
+    return model
+
+
+def kept_epoch_dirs(model_dir: Path) -> dict[int, Path]:
+    """``{epoch: folder}`` of the kept epochs under ``model_dir/epochs/`` (empty when none were kept)."""
+    root = Path(model_dir) / EPOCHS_DIR
+    if not root.is_dir():
+        return {}
+    found = {}
+    for folder in root.iterdir():
+        prefix, _, number = folder.name.partition("_")
+        if folder.is_dir() and prefix == "epoch" and number.isdigit():
+            found[int(number)] = folder
+    return dict(sorted(found.items()))
 
 
 def load_captioner(model_dir: Path) -> tuple[ClapArtForCaptioning, PreTrainedTokenizerBase]:
@@ -85,7 +125,8 @@ def read_summary(model_dir: Path) -> dict[str, Any]:
 
 
 def write_frontend(model_dir: Path, tokens_meta: dict[str, Any], codebooks_file: Path, clap_file: Path | None) -> None:
-    """Record the token front end next to a trained captioner (``frontend.json``, ``rvq.npz``).
+    """Record the token front end next to a trained captioner (``frontend.json``, ``rvq.npz``), and
+    next to each kept epoch under ``epochs/`` (so each is a model folder ``clapart caption`` can use).
 
     Args:
         model_dir: the trained model directory.
@@ -94,15 +135,18 @@ def write_frontend(model_dir: Path, tokens_meta: dict[str, Any], codebooks_file:
         clap_file: a CLAP embeddings file (its attrs name the CLAP model), or None without CLAP.
     """
     n = int(tokens_meta["num_codebooks"])
+    folders = [Path(model_dir), *kept_epoch_dirs(model_dir).values()]
     if "codebooks_file" in tokens_meta:  # codes from the RVQ codebooks (encoders/registry.py token_metadata says which)
         codebooks, fit = load_codebooks(codebooks_file)
-        save_codebooks(Path(model_dir) / CODEBOOKS_FILE, codebooks[:n], **fit)
+        for folder in folders:
+            save_codebooks(folder / CODEBOOKS_FILE, codebooks[:n], **fit)
     clap = None
     if clap_file is not None:
         with RaggedReader(clap_file) as r:
             clap = {"spec": json.loads(r.attrs["spec"]), "pretrained": bool(r.attrs["pretrained"]), "weights_sha256": r.attrs["weights_sha256"]}
     frontend = {"encoder_type": tokens_meta["encoder_type"], "encoder": tokens_meta["encoder"], "num_codebooks": n, "clap": clap}
-    write_text(Path(model_dir) / FRONTEND_FILE, _json_text(frontend))
+    for folder in folders:
+        write_text(folder / FRONTEND_FILE, _json_text(frontend))
 
 
 def read_frontend(model_dir: Path) -> dict[str, Any]:

@@ -100,6 +100,7 @@ def preflight(params: dict[str, Any]) -> list[str]:
     hub.append(("clap.checkpoint", params["clap"]["checkpoint"], "laion/clap-htsat-fused"))
     hub.append(("model.pretrained", params["model"]["pretrained"], "facebook/bart-base"))
     hub.append(("model.tokenizer", params["model"]["tokenizer"], "facebook/bart-base"))
+    _check_token_settings(params, kind)
     notes = []
     for key, path, where in files:
         if path and not Path(path).is_file():
@@ -118,6 +119,25 @@ def preflight(params: dict[str, Any]) -> list[str]:
     for phase in params.get("finetune") or {}:
         _check_finetune_phase(params, phase)
     return notes
+
+
+def _check_token_settings(params: dict[str, Any], kind: TokenType) -> None:
+    """Settings whose mistake would otherwise show only hours later, in ``features`` or ``train``."""
+    max_frames = params["model"]["max_frames"]
+    if kind.freq_patches > 1 and max_frames % kind.freq_patches:
+        raise PreflightError(
+            f"params.yaml: model.max_frames = {max_frames} is not a multiple of {kind.freq_patches}, the codes per time step of "
+            f"{kind.name} tokens, so training crops would break their time-frequency grid; use {max_frames // kind.freq_patches * kind.freq_patches}"
+        )
+    if "layer" in kind.spec_keys:
+        layer = params[kind.section]["layer"]
+        random_depth = (params[kind.section]["random"] or {}).get("encoder_layers", 12)  # 12: BEATs' default depth
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+            raise PreflightError(f"params.yaml: {kind.section}.layer = {layer!r} must be a layer number (1 = the first) or null for the last layer")
+        if layer is not None and not params[kind.section]["checkpoint"] and layer > random_depth:
+            raise PreflightError(
+                f"params.yaml: {kind.section}.layer = {layer} but the random BEATs has {random_depth} layers ({kind.section}.random.encoder_layers)"
+            )
 
 
 def _check_finetune_phase(params: dict[str, Any], phase: str) -> None:
