@@ -2,22 +2,43 @@
 clips named by their file_name as the corpus's caption CSV writes it (corpus/manifest.py file_names), so
 `clapart evaluate --predictions data/predictions/test.csv --references <the corpus's test CSV>` matches them;
 DCASE metrics (aac-metrics) -> metrics/scores.json (numbers: the DVC metric); what they are about (clip count,
-token type, what was pretrained, the constant-caption baseline, reasons for unavailable metrics) -> metrics/scores_notes.json.
+token type, what was pretrained, the constant-caption baseline, the selected epoch, reasons for unavailable
+metrics) -> metrics/scores_notes.json. Each epoch train.keep_best kept (data/model/epochs/epoch_K) is scored
+the same way -> data/predictions/epochs/epoch_K.csv and metrics/scores_epochs.json (with the selected one's
+and every kept one's validation and test scores; `clapart results` shows them as rows).
 --phase NAME: the fine-tuned model on its corpus's test split -> metrics/finetune/NAME/scores.json."""
 
 import csv
+from pathlib import Path
 from typing import Any
 
 import pyarrow.compute as pc
 
 from clapart_core.captioner.data import load_examples
 from clapart_core.captioner.generate import caption_examples
-from clapart_core.captioner.model_dir import load_captioner, read_frontend, read_summary
+from clapart_core.captioner.model_dir import kept_epoch_dirs, load_captioner, read_frontend, read_summary
 from clapart_core.corpus.manifest import file_names, read_manifest
 from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.params import Workspace, run_stage
 from clapart_core.pipeline.storage import read_tokens
-from clapart_core.scoring.metrics import constant_caption_baseline, score_with_details, write_per_clip_csv, write_scores
+from clapart_core.scoring.metrics import (
+    constant_caption_baseline,
+    epochs_path,
+    score,
+    score_with_details,
+    write_epoch_scores,
+    write_per_clip_csv,
+    write_scores,
+)
+
+
+def write_predictions(path: Path, file_names: list[str], predictions: list[str]) -> None:
+    """``file_name,caption_predicted`` rows, clips named as the corpus's caption CSV names them."""
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file_name", "caption_predicted"])
+        writer.writerows(zip(file_names, predictions, strict=True))
+
 
 
 def main(params: dict[str, Any], ws: Workspace) -> None:
@@ -25,29 +46,18 @@ def main(params: dict[str, Any], ws: Workspace) -> None:
     model, tokenizer = load_captioner(ws.model)
     tokens = ws.tokens / "test.parquet"
     test = load_examples(tokens, manifest, ws.clap_features / "test.h5" if model.config.use_clap else None)
-    gen = params["generate"]
-    predictions = caption_examples(
-        model,
-        tokenizer,
-        test,
-        num_beams=gen["num_beams"],
-        max_length=gen["max_length"],
-        no_repeat_ngram_size=gen["no_repeat_ngram_size"],
-        batch_size=gen["batch_size"],
-    )
+    gen = {k: params["generate"][k] for k in ("num_beams", "max_length", "no_repeat_ngram_size", "batch_size")}
+    predictions = caption_examples(model, tokenizer, test, **gen)
     out = ws.predictions
     names = file_names(manifest)
     ids = [names[ex.clip_id] for ex in test]
-    with atomic_path(out / "test.csv") as tmp, tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file_name", "caption_predicted"])
-        writer.writerows(zip(ids, predictions, strict=True))
+    write_predictions(out / "test.csv", ids, predictions)
     references = [list(ex.captions) for ex in test]
     scores, per_clip = score_with_details(predictions, references, ids)
     write_per_clip_csv(per_clip, out / "test_per_clip.csv")
     train_captions = manifest.filter(pc.equal(manifest["split"], "train")).column("captions").to_pylist()
     baseline_caption, baseline_cider = constant_caption_baseline(train_captions, references)
-    encoder, frontend = read_tokens(tokens).metadata["encoder"], read_frontend(ws.model)
+    encoder, frontend, summary = read_tokens(tokens).metadata["encoder"], read_frontend(ws.model), read_summary(ws.model)
     write_scores(
         scores,
         ws.metrics / "scores.json",
@@ -55,10 +65,22 @@ def main(params: dict[str, Any], ws: Workspace) -> None:
         encoder_type=frontend["encoder_type"],
         encoder_pretrained=bool(encoder["pretrained"]),
         clap_pretrained=bool(frontend["clap"] and frontend["clap"]["pretrained"]),
-        bart_pretrained=bool(read_summary(ws.model)["pretrained"]),
+        bart_pretrained=bool(summary["pretrained"]),
         baseline_cider_d=baseline_cider,
         baseline_caption=baseline_caption,
+        epoch=summary["best_epoch"],
+        selected_by=summary.get("selected_by"),
     )
+
+    # the other epochs train.keep_best kept: same test split, same beam search, same metrics
+    test_scores = {summary["best_epoch"]: scores}
+    for epoch, folder in kept_epoch_dirs(ws.model).items():
+        if epoch not in test_scores:
+            kept_model, kept_tokenizer = load_captioner(folder)
+            kept_predictions = caption_examples(kept_model, kept_tokenizer, test, **gen)
+            write_predictions(out / "epochs" / f"epoch_{epoch}.csv", ids, kept_predictions)
+            test_scores[epoch] = score(kept_predictions, references)
+    write_epoch_scores(epochs_path(ws.metrics / "scores.json"), summary, test_scores)
 
 
 if __name__ == "__main__":

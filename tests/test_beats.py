@@ -503,3 +503,30 @@ def test_device_placement_and_bf16_autocast(device: str, inp: dict[str, np.ndarr
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     rel = (low - feats).norm() / feats.norm()
     assert 0 < rel < 5e-2, rel  # bf16 really ran (not bit-identical) and stayed close
+
+
+# ------------------------------------------------------------------------------- beats.layer
+def test_layer_last_is_todays_output_bitwise_and_an_earlier_layer_differs(model: BEATs, inp: dict[str, np.ndarray], exp: dict[str, np.ndarray]) -> None:
+    """``layer`` = the last layer (2 of the tiny model) is the very computation of the default, padded
+    batches included; layer 1 is another output, and it is the official code's layer-0 intermediate."""
+    wave, mask = t(inp["waveforms"]), t(inp["padding_mask"])
+    default, default_mask = model.extract_features(wave, mask)
+    last, last_mask = model.extract_features(wave, mask, layer=len(model.encoder.layers))
+    assert torch.equal(last, default) and torch.equal(last_mask, default_mask)
+    first, _ = model.extract_features(wave, mask, layer=1)
+    assert first.shape == default.shape and (first - default).abs().max() > 0.1
+    assert not first[~default_mask].eq(default[~default_mask]).all()
+    with torch.inference_mode():
+        layer1 = model(t(exp["fbank"][2:3]), None, 1)
+    assert_close(layer1, exp["dbg2_layer0"], ENCODER_TOL, ENCODER_MEAN_TOL)
+
+
+@pytest.mark.parametrize("layer", [0, 3, -1, True, 1.0])
+def test_layer_outside_the_model_is_one_sentence(model: BEATs, inp: dict[str, np.ndarray], layer: Any) -> None:
+    with pytest.raises(ValueError, match=r"^beats.layer=.* is not a layer of this BEATs model: use 1..2 or null for the last layer$"):
+        model.extract_features(clip(inp, 0), layer=layer)
+
+
+def test_layer_of_a_finetuned_model_is_refused(finetuned: BEATs, inp: dict[str, np.ndarray]) -> None:
+    with pytest.raises(ValueError, match="returns class probabilities"):
+        finetuned.extract_features(clip(inp, 0), layer=1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -100,3 +102,39 @@ def test_sample_frames_is_seeded_and_spans_files(tmp_path):
     assert a.shape == (30, 3) and not np.array_equal(a, sample_frames(files, 30, seed=6))
     assert (a[:, 0] >= 100).any() and (a[:, 0] < 100).any()  # rows from both files
     assert sample_frames(files, 1000, seed=5).shape == (80, 3)  # capped at what exists
+
+
+def test_beats_layer_is_part_of_the_features_spec_and_rebuilt_from_it(decoded, tmp_path):
+    """beats.layer goes into the features spec (configure -> features.json -> the file's attrs and the
+    token metadata), so `tokenize` and `clapart caption` rebuild the same layer; an earlier layer
+    gives other features (layer 1 of 2 here)."""
+    import json
+
+    import torch
+    import yaml
+
+    from clapart_core.encoders.registry import encoder_from_spec, token_type
+    from clapart_core.pipeline.config import resolve
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    params["beats"]["random"] = {**TINY_BEATS, "encoder_layers": 2}
+    assert resolve(params)["features"]["encoder"]["layer"] is None  # the default: the last layer
+    params["beats"]["layer"] = 1
+    spec = token_type("beats_rvq").features_config(params)["encoder"]
+    assert spec["layer"] == 1 and resolve(params)["features"]["encoder"] == spec
+    out, _ = decoded
+    audio = audio_path(out, 16000, "train")
+    first = encoder_from_spec("beats_rvq", spec)
+    last = encoder_from_spec("beats_rvq", {**spec, "layer": None})
+    first.extract(audio, tmp_path / "l1.h5", batch_size=2)
+    last.extract(audio, tmp_path / "last.h5", batch_size=2)
+    with RaggedReader(tmp_path / "l1.h5") as a, RaggedReader(tmp_path / "last.h5") as b, RaggedReader(audio) as wav:
+        assert json.loads(a.attrs["spec"])["layer"] == 1 and json.loads(b.attrs["spec"])["layer"] is None
+        assert not np.array_equal(a["c4"], b["c4"])
+        # what raw-audio captioning rebuilds from the recorded spec gives the stored features' codes
+        rebuilt = encoder_from_spec("beats_rvq", json.loads(a.attrs["spec"]))
+        wave = torch.from_numpy(read_clip(wav, "c4"))[None]
+        feats, _ = rebuilt.model.extract_features(wave, layer=rebuilt.spec["layer"])
+        np.testing.assert_allclose(feats[0].numpy().astype(np.float16).astype(np.float32), a["c4"].astype(np.float32), atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="beats.layer=3 is not a layer of this BEATs model: use 1..2"):
+        encoder_from_spec("beats_rvq", {**spec, "layer": 3})

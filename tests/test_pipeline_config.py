@@ -70,3 +70,23 @@ def test_preflight_names_missing_models_in_one_line(tmp_path, monkeypatch):
         preflight(_with(encoder__type="encodec", encodec__checkpoint=str(tmp_path / "missing")))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
     assert preflight(_with(clap__checkpoint="laion/clap-htsat-fused")) == ["clap.checkpoint = 'laion/clap-htsat-fused' is not cached: it will be downloaded"]
+
+
+def test_preflight_refuses_max_frames_off_the_beats_grid_and_bad_layers():
+    """Both BEATs token types need model.max_frames to be a multiple of their 8 frequency patches
+    (refused in the sub-second configure stage, not after hours of features); EnCodec takes any."""
+    from clapart_core.pipeline.config import PreflightError, preflight
+
+    for etype in ("beats_rvq", "beats_tokenizer"):
+        with pytest.raises(PreflightError, match=r"^params.yaml: model.max_frames = 1020 is not a multiple of 8, .*; use 1016$"):
+            preflight(_with(encoder__type=etype, model__max_frames=1020))
+    assert preflight(_with(encoder__type="encodec", model__max_frames=1021)) == []
+    assert preflight(_with(beats__layer=2)) == []  # the demo's random BEATs has 2 layers
+    with pytest.raises(PreflightError, match=r"beats.layer = 3 but the random BEATs has 2 layers"):
+        preflight(_with(beats__layer=3))
+    with pytest.raises(PreflightError, match=r"beats.layer = 0 must be a layer number \(1 = the first\) or null"):
+        preflight(_with(beats__layer=0))
+    # beats.layer reaches only the features spec (so features -> everything after reruns), and only under beats_rvq
+    a, b = resolve(_with()), resolve(_with(beats__layer=1))
+    assert [k for k in a if a[k] != b[k]] == ["features"] and b["features"]["encoder"]["layer"] == 1
+    assert resolve(_with(encoder__type="encodec")) == resolve(_with(encoder__type="encodec", beats__layer=1))

@@ -40,8 +40,13 @@ def test_params_is_demo_profile_and_keys_match():
     assert {k: v for k, v in clotho.items() if k != "finetune"} == {k: v for k, v in paper.items() if k != "finetune"}
     phase = phase_params(clotho, "clotho")
     assert phase["data"]["source"] == "clotho" and phase["data"]["strict"] is False
-    assert (phase["train"]["lr"], phase["train"]["warmup_steps"], phase["train"]["batch_size"]) == (2e-5, 0, 64)
+    # EnCLAP's cfg/clotho_finetune: time_scale 1000 (the AudioCaps phase: transformers' default, the warm-up)
+    assert (phase["train"]["lr"], phase["train"]["warmup_steps"], phase["train"]["timescale"], phase["train"]["batch_size"]) == (2e-5, 0, 1000, 64)
+    assert paper["train"]["timescale"] is None and paper["train"]["warmup_steps"] == 2000
     assert phase["train"]["label_smoothing"] == paper["train"]["label_smoothing"]  # inherited
+    # selection by the paper's metric, the 5 best epochs kept (EnCLAP's authors evaluate 5)
+    assert (paper["train"]["select_by"], paper["train"]["keep_best"]) == ("spider", 5) and phase["train"]["keep_best"] == 5
+    assert paper["model"]["max_frames"] == 1016 and paper["beats"]["layer"] is None
 
 
 def test_switch_and_back(tmp_path, monkeypatch):

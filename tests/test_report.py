@@ -43,9 +43,9 @@ def test_rows_dedupe_and_ignore_rvq_layers_for_other_types(tmp_path):
     enc = rows[-1]
     assert enc["encoder.type"] == "encodec" and enc["rvq.layers"] is None
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | beats_rvq | 8 | True | – | 1.1000 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | True | – | 1.1000 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("run,phase,encoder.type,rvq.layers")
+    assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith("run,phase,epoch,selected,encoder.type,rvq.layers")
 
 
 def test_plot_uses_cider_without_spice_and_draws_each_clap_setting(tmp_path):
@@ -76,3 +76,29 @@ def test_notes_come_from_the_side_file_of_each_run(tmp_path, monkeypatch):
     rows = collect_rows([{**_run("workspace", "beats_rvq", 16, True, 1.3), "rev": "workspace", "experiments": None}])
     assert (rows[0]["n_clips"], rows[0]["baseline_cider_d"]) == (60, 0.52)
     assert read_notes("f" * 40, "metrics/scores.json", cwd=tmp_path) == {}  # not a git repository: no notes
+
+
+def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
+    """scores_epochs.json beside a run's scores: the selected epoch is the run's row (column epoch), each
+    other kept epoch one more row with its test scores; the plot uses the selected rows only."""
+
+    def epochs(rev, scores_file):
+        if "finetune" in scores_file:
+            return {}
+        return {
+            "selected_epoch": 5,
+            "epochs": [
+                {"epoch": 5, "selected": True, "val": {"cider_d": 0.9}, "test": {"cider_d": 1.3}},
+                {"epoch": 3, "selected": False, "val": {"cider_d": 0.8}, "test": {"cider_d": 1.4, "bleu_4": 0.2}},
+            ],
+        }
+
+    run = _run("paper", "beats_rvq", 16, True, 1.3)
+    run["data"]["metrics"]["metrics/finetune/clotho/scores.json"] = {"data": {"cider_d": 0.5}}
+    rows = collect_rows([{**run, "experiments": None}], notes=_notes, epochs=epochs)
+    assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
+        ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
+    ]
+    assert "| paper | main | 3 | False | beats_rvq | 16 | True | – | 1.4000 |" in to_markdown(rows)
+    write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
+    assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's

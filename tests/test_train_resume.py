@@ -2,8 +2,10 @@
 uninterrupted run ends; a checkpoint of other inputs is ignored; an unsafe one is refused unrun.
 
 The toy run: 10 clips longer than ``max_frames`` (so random crops draw from their generator),
-dropout on (so the global RNG matters), 2 epochs x 5 steps, a validation split (best-epoch
-tracking), dvclive logging every 2 steps and a mid-epoch checkpoint every 3 steps.
+dropout on (so the global RNG matters), 2 epochs x 5 steps, a non-default schedule timescale, a
+validation split that is beam-searched and scored after each epoch (selection by the score, the
+2 best epochs kept: selection state in the checkpoint, epoch snapshots beside it), dvclive
+logging every 2 steps and a mid-epoch checkpoint every 3 steps.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from safetensors.torch import load_file
 from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.train_state import CHECKPOINT_NAME, TRAJECTORY_FREE_KEYS, load_checkpoint
 from clapart_core.captioner.training import train_captioner
+from clapart_core.captioner.validation import ValScorer
 from clapart_core.pipeline.checkpoints import CheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,10 +39,18 @@ MODEL_PARAMS = dict(
     decoder_layers=1, attention_heads=2, ffn_dim=64, dropout=0.1, use_clap=True, max_frames=8,
 )
 TRAIN_PARAMS = dict(
-    epochs=2, batch_size=2, lr=3e-3, warmup_steps=3, weight_decay=0.01, label_smoothing=0.2, grad_clip=1.0,
+    epochs=2, batch_size=2, lr=3e-3, warmup_steps=3, timescale=7, weight_decay=0.01, label_smoothing=0.2, grad_clip=1.0,
     mcm_weight=0.7, mcm_prob=0.15, mcm_span=2, device="cpu", bf16=False, num_threads=1, log_every=2,
-    resume=False, checkpoint_every=3,
+    select_by="cider_d", keep_best=2, resume=False, checkpoint_every=3,
 )
+GENERATE = {"num_beams": 2, "max_length": 8, "no_repeat_ngram_size": 3, "batch_size": 2}
+
+
+def word_overlap(predictions: list[str], references: list[list[str]]) -> dict[str, float]:
+    """A deterministic stand-in for CIDEr-D (the killed child need not start Java): the mean share
+    of predicted words found in the clip's references."""
+    shares = [len(set(p.split()) & set(" ".join(r).split())) / max(len(p.split()), 1) for p, r in zip(predictions, references, strict=True)]
+    return {"cider_d": sum(shares) / len(shares)}
 SEED = 5
 # which checkpoint write the child dies in: saves happen at steps 3 (mid-epoch), 5 (epoch end), 6, 9, 10
 KILL_IN_SAVE = 2
@@ -69,6 +80,8 @@ def run(root: Path, seed: int = SEED, **overrides: Any) -> dict:
         live_dir=root / "live",
         seed=seed,
         checkpoint_dir=root / "ckpt",
+        val_scorer=ValScorer(word_overlap, "cider_d"),
+        generate_params=GENERATE,
     )
 
 
@@ -77,7 +90,10 @@ def val_steps(root: Path) -> list[int]:
         return [int(row["step"]) for row in csv.DictReader(f, delimiter="\t")]
 
 
-COMPARED = ("steps", "first_step_loss", "final_loss", "final_caption_loss", "final_mcm_loss", "val_losses", "best_epoch", "best_val_loss")
+COMPARED = (
+    "steps", "first_step_loss", "final_loss", "final_caption_loss", "final_mcm_loss", "val_losses", "val_history",
+    "best_epoch", "best_val_loss", "best_score", "kept_epochs",
+)
 
 
 def weights(root: Path) -> dict[str, torch.Tensor]:
@@ -143,6 +159,11 @@ def test_sigkilled_run_resumes_to_identical_weights_metrics_and_curves(tmp_path:
     got, want = weights(root), weights(ref_root)
     assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
     assert live_files(root) == live_files(ref_root)
+    assert "val/cider_d.tsv" in {Path(k).relative_to("plots/metrics").as_posix() for k in live_files(root) if k.startswith("plots")}
+    # the kept epochs (both, with keep_best 2) are the same weights as the uninterrupted run's
+    assert sorted(p.name for p in (root / "model" / "epochs").iterdir()) == ["epoch_1", "epoch_2"]
+    for epoch in ("epoch_1", "epoch_2"):
+        assert (root / "model/epochs" / epoch / "model.safetensors").read_bytes() == (ref_root / "model/epochs" / epoch / "model.safetensors").read_bytes()
     assert not list((root / "ckpt").glob("last.pt.partial")), "stale temp files are cleaned up"
 
 
@@ -224,9 +245,22 @@ def test_crafted_pickle_checkpoint_is_refused_and_never_runs(tmp_path: Path) -> 
 def test_checkpoint_loads_with_weights_only_and_holds_the_full_state(tmp_path: Path) -> None:
     run(tmp_path, epochs=1)
     state = torch.load(tmp_path / "ckpt" / CHECKPOINT_NAME, weights_only=True)
-    assert {"model", "optimizer", "scheduler", "rng", "fingerprint", "best_state", "window", "step"} <= set(state)
+    assert {"model", "optimizer", "scheduler", "rng", "fingerprint", "val_history", "window", "step"} <= set(state)
+    assert "best_state" not in state, "kept epochs are snapshots beside last.pt, not weights inside it"
     assert set(state["rng"]) == {"torch", "shuffle", "crop", "mcm"}
-    assert set(state["fingerprint"]) >= {"params", "seed", "train_data", "val_data", "tokenizer", "code"}
+    assert set(state["fingerprint"]) >= {"params", "selection", "seed", "train_data", "val_data", "tokenizer", "code"}
+    # the selection state: the epoch's validation loss and score, and its snapshot on disk
+    assert [sorted(r) for r in state["val_history"]] == [["cider_d", "epoch", "loss", "step"]]
+    assert (tmp_path / "ckpt" / "epochs" / "epoch_1" / "model.safetensors").is_file()
+    assert state["scheduler"]["base_lrs"] == [TRAIN_PARAMS["lr"]] * 2  # two AdamW groups (decay / no decay)
+
+
+def test_resume_without_the_kept_epoch_snapshots_starts_fresh(tmp_path: Path, caplog) -> None:
+    run(tmp_path, epochs=1)
+    shutil.rmtree(tmp_path / "ckpt" / "epochs" / "epoch_1")
+    with caplog.at_level(logging.INFO, logger="clapart_core.captioner.training"):
+        assert run(tmp_path, epochs=2, resume=True)["resumed_from_step"] == 0
+    assert any("the weights of kept epoch(s) 1 are missing" in r.getMessage() for r in caplog.records)
 
 
 def test_dvc_yaml_lists_every_train_key_that_changes_the_result() -> None:
@@ -242,12 +276,12 @@ def test_dvc_yaml_lists_every_train_key_that_changes_the_result() -> None:
     assert "/data/checkpoints" in (ROOT / ".gitignore").read_text().split()
 
 
-def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> None:
-    """`python -m stages.train` in a minimal project with train.resume: true and a malicious
-    last.pt exits with one `error: ... (stage train)` line and exit code 2, and the payload does not run."""
+def _stage_project(root: Path, **train: Any) -> dict:
+    """A minimal project for `python -m stages.train`: manifest, BEATs-type tokens, params.yaml (demo, tiny model)."""
     import pyarrow as pa
 
     from clapart_core.corpus.manifest import MANIFEST_SCHEMA, ROOT_KEY, write_manifest
+    from clapart_core.encoders.registry import token_metadata, token_type
     from clapart_core.pipeline.storage import write_tokens
 
     examples = {"train": toy_examples(4, 0), "val": toy_examples(2, 1)}
@@ -257,24 +291,49 @@ def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> N
          "captions": [list(r[2]) for r in rows], "duration_s": [1.0] * len(rows)},
         schema=MANIFEST_SCHEMA,
     ).replace_schema_metadata({ROOT_KEY: b"corpus"})
-    write_manifest(table, tmp_path / "data/corpus/manifest.parquet")
-    meta = {"num_codebooks": 2, "codebook_size": 8, "encoder_type": "beats_rvq", "encoder": {}}
+    write_manifest(table, root / "data/corpus/manifest.parquet")
+    meta = token_metadata(token_type("beats_rvq"), 2, 8, {})
     for split, exs in examples.items():
         prefix = "" if split == "train" else "v"
-        write_tokens(tmp_path / f"data/tokens/{split}.parquet", ((prefix + ex.clip_id, ex.codes) for ex in exs), meta)
+        write_tokens(root / f"data/tokens/{split}.parquet", ((prefix + ex.clip_id, ex.codes) for ex in exs), meta)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["model"].update({k: MODEL_PARAMS[k] for k in ("d_model", "encoder_layers", "decoder_layers", "attention_heads", "ffn_dim")}, use_clap=False)
-    params["train"].update(epochs=1, batch_size=2, num_threads=1, resume=True)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    params["train"].update(epochs=1, batch_size=2, num_threads=1, **train)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
+def _run_stage(root: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "stages.train"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_stage_refuses_crafted_checkpoint_in_one_line(tmp_path: Path) -> None:
+    """`python -m stages.train` in a minimal project with train.resume: true and a malicious
+    last.pt exits with one `error: ... (stage train)` line and exit code 2, and the payload does not run."""
+    _stage_project(tmp_path, resume=True)
     marker = tmp_path / "pwned"
     (tmp_path / "data/checkpoints/train").mkdir(parents=True)
     torch.save({"fingerprint": {}, "model": _Payload(str(marker))}, tmp_path / "data/checkpoints/train" / CHECKPOINT_NAME)
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = _run_stage(tmp_path)
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: training checkpoint data/checkpoints/train/last.pt was refused"), proc.stderr[-2000:]
     assert last.endswith("(stage train)"), last
     assert "Traceback" not in proc.stderr
     assert not marker.exists()
+
+
+def test_train_stage_refuses_max_frames_off_the_beats_grid_before_training(tmp_path: Path) -> None:
+    """BEATs tokens (freq_patches 8 in their metadata) and model.max_frames 1020: one line, nothing trained."""
+    params = _stage_project(tmp_path)
+    params["model"]["max_frames"] = 1020
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = _run_stage(tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: params.yaml: model.max_frames=1020 is not a multiple of 8, the tokens' codes per time step "
+        "(frequency patches), so crops would break their time-frequency grid; use 1016 (stage train)"
+    )
+    assert not (tmp_path / "data/model").exists() and not (tmp_path / "data/checkpoints").exists()

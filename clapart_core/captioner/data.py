@@ -109,6 +109,7 @@ def build_batch(
     use_clap: bool,
     crop_generator: torch.Generator | None,
     caption_ids: Sequence[Sequence[int]] | None = None,
+    crop_step: int = 1,
 ) -> Batch:
     """Pad examples into a [`Batch`].
 
@@ -119,8 +120,12 @@ def build_batch(
         use_clap: whether to stack the CLAP embeddings (all examples must have one).
         crop_generator: RNG for training crops, or None.
         caption_ids: one tokenised caption (with ``<s>``/``</s>``) per example, or None.
+        crop_step: training crops start at multiples of it (the tokens' ``freq_patches``: 8 for
+            BEATs, 1 for EnCodec); evaluation crops start at 0 whatever it is.
     """
-    clips = [crop_frames(torch.as_tensor(np.asarray(ex.codes), dtype=torch.long), max_frames, crop_generator) for ex in examples]
+    clips = [
+        crop_frames(torch.as_tensor(np.asarray(ex.codes), dtype=torch.long), max_frames, crop_generator, crop_step) for ex in examples
+    ]
     num_codebooks = clips[0].shape[1]
     longest = max(max(clip.shape[0] for clip in clips), 1)
     codes = torch.zeros(len(clips), longest, num_codebooks, dtype=torch.long)

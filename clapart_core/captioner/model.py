@@ -177,19 +177,23 @@ def sample_mcm_mask(
 
 
 def crop_frames(
-    codes: torch.Tensor, max_frames: int, generator: torch.Generator | None
+    codes: torch.Tensor, max_frames: int, generator: torch.Generator | None, step: int = 1
 ) -> torch.Tensor:
     """Crop one clip's codes ``[T, N]`` to at most ``max_frames`` frames.
 
-    With a generator (training) the window start is uniform over all valid starts; without one
-    (evaluation) the first ``max_frames`` frames are kept, as in EnCLAP.
+    With a generator (training) the window start is uniform over the valid starts that are
+    multiples of ``step``; without one (evaluation) the first ``max_frames`` frames are kept, as
+    in EnCLAP. ``step`` is the token type's codes per time step (BEATs: 8 frequency patches, so
+    that position mod 8 keeps meaning the frequency band; EnCodec: 1, EnCLAP's any-start crop).
+    With ``step`` 1 the draw is exactly the any-start one (same generator use, same start).
     """
     frames = codes.shape[0]
     if frames <= max_frames:
         return codes
     if generator is None:
         return codes[:max_frames]
-    start = int(torch.randint(0, frames - max_frames + 1, (1,), generator=generator).item())
+    slots = (frames - max_frames) // step + 1
+    start = step * int(torch.randint(0, slots, (1,), generator=generator).item())
     return codes[start : start + max_frames]
 
 

@@ -11,14 +11,22 @@ Layout (HF ``save_pretrained`` plus what captioning raw audio needs)::
     rvq.npz                             the codebooks the tokens were made with (BEATs + RVQ only)
     frontend/{encoder,clap}/NAME        copies of the encoder / CLAP weights when they were local
                                         files (a BEATs .pt, a model folder); hub ids are recorded as ids
+    epochs/epoch_K/                     the ``train.keep_best`` best epochs (K 1-based), each a
+                                        complete model folder of the same layout (no summary);
+                                        absent with ``keep_best: 0``
 
-:func:`save_captioner` writes the first three parts as one folder swap (a killed run leaves the
-previous folder or none); the train stage then adds the front end with :func:`write_frontend`.
-Weights are read from safetensors only, so loading never unpickles code.
+The top-level folder is the epoch ``train.select_by`` chose (``training_summary.json`` says which:
+``best_epoch``; ``kept_epochs`` lists the folders under ``epochs/`` best first), so
+:func:`load_captioner` on ``data/model`` loads the selected model and on
+``data/model/epochs/epoch_K`` another kept one.
+
+:func:`save_captioner` writes the first three parts (and ``epochs/``) as one folder swap (a
+killed run leaves the previous folder or none); the train stage then adds the front end with
+:func:`write_frontend`. Weights are read from safetensors only, so loading never unpickles code.
 
 A model directory is data, not instructions: it may come from anyone.
 :func:`clapart_core.captioner.frontend.load_frontend` accepts only the fields below, of the right types; every checkpoint it names is a relative path
-that stays inside the directory (symlinks resolved), or — for models loaded by hub id (CLAP,
+that stays inside the directory (symlinks resolved; each kept epoch holds its own copies), or — for models loaded by hub id (CLAP,
 EnCodec) — a Hugging Face id, read from the local cache only. Random-model sizes are checked
 before anything is allocated (:func:`clapart_core.encoders.spec.check_random_size`) and the
 captioner's config against its weights file (:func:`load_captioner`).
@@ -29,7 +37,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -43,6 +52,7 @@ from clapart_core.pipeline.storage import RaggedReader
 from clapart_core.tokens.rvq import load_codebooks, save_codebooks
 
 SUMMARY_FILE = "training_summary.json"
+EPOCHS_DIR = "epochs"
 FRONTEND_FILE = "frontend.json"
 CODEBOOKS_FILE = "rvq.npz"
 #: files a model folder must hold for :func:`load_captioner`
@@ -100,11 +110,16 @@ def save_captioner(
     out_dir: Path,
     frontend: dict[str, Any] | None = None,
     frontend_files: Mapping[str, Path] | None = None,
+    kept_epochs: Mapping[int, Path] | None = None,
 ) -> None:
     """Replace ``out_dir`` with model + tokenizer + ``training_summary.json`` (+ ``frontend.json``
     when given, as an import writes it, with ``frontend_files``: relative path -> local checkpoint
     to copy there, see :func:`bundled_checkpoint`; training records the front end with
-    :func:`write_frontend`), all at once."""
+    :func:`write_frontend`), all at once.
+
+    ``kept_epochs``: epoch -> a folder ``save_pretrained`` wrote (training's epoch snapshots),
+    copied to ``epochs/epoch_K/`` with the tokenizer.
+    """
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
@@ -113,6 +128,30 @@ def save_captioner(
             _copy_into(tmp, rel, source)
         if frontend is not None:
             (tmp / FRONTEND_FILE).write_text(_json_text(frontend))
+        for epoch, snapshot in sorted((kept_epochs or {}).items()):
+            dst = tmp / EPOCHS_DIR / f"epoch_{epoch}"
+            shutil.copytree(snapshot, dst)
+            tokenizer.save_pretrained(str(dst))
+
+
+def load_snapshot(folder: Path) -> ClapArtForCaptioning:
+    """The captioner weights a ``save_pretrained`` folder holds (an epoch snapshot), eval mode, CPU."""
+    model = ClapArtForCaptioning.from_pretrained(str(folder))
+    model.eval()
+    return model
+
+
+def kept_epoch_dirs(model_dir: Path) -> dict[int, Path]:
+    """``{epoch: folder}`` of the kept epochs under ``model_dir/epochs/`` (empty when none were kept)."""
+    root = Path(model_dir) / EPOCHS_DIR
+    if not root.is_dir():
+        return {}
+    found = {}
+    for folder in root.iterdir():
+        prefix, _, number = folder.name.partition("_")
+        if folder.is_dir() and prefix == "epoch" and number.isdigit():
+            found[int(number)] = folder
+    return dict(sorted(found.items()))
 
 
 def read_config(model_dir: Path) -> ClapArtConfig:
@@ -197,7 +236,8 @@ def write_frontend(
     model_dir: Path, tokens_meta: dict[str, Any], codebooks_file: Path, clap_file: Path | None, max_seconds: float | None = None
 ) -> None:
     """Record the token front end next to a trained captioner (``frontend.json``, ``rvq.npz``, and
-    copies of local encoder / CLAP weights under ``frontend/``, see :func:`bundled_checkpoint`).
+    copies of local encoder / CLAP weights under ``frontend/``, see :func:`bundled_checkpoint`), and
+    next to each kept epoch under ``epochs/`` (so each is a model folder ``clapart caption`` can use).
 
     Args:
         model_dir: the trained model directory.
@@ -209,24 +249,32 @@ def write_frontend(
     """
     model_dir = Path(model_dir)
     n = int(tokens_meta["num_codebooks"])
+    folders = [Path(model_dir), *kept_epoch_dirs(model_dir).values()]
     if "codebooks_file" in tokens_meta:  # codes from the RVQ codebooks (encoders/registry.py token_metadata says which)
         codebooks, fit = load_codebooks(codebooks_file)
-        save_codebooks(model_dir / CODEBOOKS_FILE, codebooks[:n], **fit)
-    encoder = dict(tokens_meta["encoder"])
-    encoder["spec"] = _bundle_spec(model_dir, encoder["spec"], "encoder")
-    clap = None
-    if clap_file is not None:
-        with RaggedReader(clap_file) as r:
-            spec = _bundle_spec(model_dir, json.loads(r.attrs["spec"]), "clap")
-            clap = {"spec": spec, "pretrained": bool(r.attrs["pretrained"]), "weights_sha256": r.attrs["weights_sha256"]}
-    frontend = {
-        "encoder_type": tokens_meta["encoder_type"],
-        "encoder": encoder,
-        "num_codebooks": n,
-        "clap": clap,
-        "max_seconds": None if max_seconds is None else float(max_seconds),
-    }
-    write_text(model_dir / FRONTEND_FILE, _json_text(frontend))
+        for folder in folders:
+            save_codebooks(folder / CODEBOOKS_FILE, codebooks[:n], **fit)
+    with RaggedReader(clap_file) if clap_file is not None else _no_reader() as r:
+        clap_attrs = None if r is None else (json.loads(r.attrs["spec"]), bool(r.attrs["pretrained"]), r.attrs["weights_sha256"])
+    for folder in folders:  # each folder is self-contained: it names no file outside itself
+        encoder = {**tokens_meta["encoder"], "spec": _bundle_spec(folder, tokens_meta["encoder"]["spec"], "encoder")}
+        clap = None
+        if clap_attrs is not None:
+            spec, pretrained, sha = clap_attrs
+            clap = {"spec": _bundle_spec(folder, spec, "clap"), "pretrained": pretrained, "weights_sha256": sha}
+        frontend = {
+            "encoder_type": tokens_meta["encoder_type"],
+            "encoder": encoder,
+            "num_codebooks": n,
+            "clap": clap,
+            "max_seconds": None if max_seconds is None else float(max_seconds),
+        }
+        write_text(folder / FRONTEND_FILE, _json_text(frontend))
+
+
+@contextmanager
+def _no_reader() -> Iterator[None]:
+    yield None
 
 
 def _bundle_spec(model_dir: Path, spec: dict[str, Any], role: str) -> dict[str, Any]:

@@ -3,8 +3,11 @@
 A checkpoint (``last.pt``) is everything the training loop needs to continue as if it had never
 stopped: model, AdamW and LR-schedule state, the position (epoch, batch within the epoch,
 optimiser step), the state of every RNG the loop draws from (torch's global generator for
-dropout, the shuffle / crop / MCM generators, CUDA's when used), the best-validation tracking
-and the loss window being averaged for the next dvclive point. Resuming from it therefore gives
+dropout, the shuffle / crop / MCM generators, CUDA's when used), the selection state (every
+epoch's validation loss and scores, and which epochs are kept) and the loss window being
+averaged for the next dvclive point. The weights of the kept epochs are not in it: they are
+:class:`EpochSnapshots` folders beside it (``epochs/epoch_K/``), each written atomically before
+the checkpoint that lists it, and removed only after a checkpoint no longer does. Resuming from it therefore gives
 bitwise the same final weights and logged metrics as the uninterrupted run (same machine, same
 thread count; ``tests/test_train_resume.py`` kills a run with SIGKILL and checks it).
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,18 +35,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.pipeline.atomic import atomic_path, partial_path
+from clapart_core.pipeline.atomic import atomic_dir, atomic_path, partial_path
 from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = "last.pt"
 #: bumped when the checkpoint layout changes; another format is treated like another fingerprint
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: selection state + epoch snapshots instead of one in-checkpoint best_state
 #: train keys that change neither the trajectory nor what is logged up to the checkpoint
 TRAJECTORY_FREE_KEYS = frozenset({"resume", "epochs", "checkpoint_every"})
 #: modules whose code defines the trajectory: an edit there invalidates a checkpoint
-_CODE_MODULES = ("training.py", "data.py", "model.py", "text.py", "train_state.py")
+_CODE_MODULES = ("training.py", "data.py", "model.py", "text.py", "train_state.py", "generate.py")
 
 
 def _sha(data: bytes) -> str:
@@ -78,16 +82,20 @@ def fingerprint(
     tokenizer: Any,
     device: torch.device,
     threads: int,
+    selection: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """What a run's trajectory depends on, as ``{component: short hash or value}``.
+    """What a run's trajectory and its epoch selection depend on, as ``{component: short hash or value}``.
 
-    Components are kept apart so that a mismatch can be reported by name.
+    ``selection``: how epochs are scored beyond the params (the metric actually used, e.g.
+    ``cider_d`` where ``spider`` was asked for but SPICE cannot run, and the beam-search
+    settings). Components are kept apart so that a mismatch can be reported by name.
     """
     params = {"model": model_params, "train": {k: v for k, v in train_params.items() if k not in TRAJECTORY_FREE_KEYS}}
     code_dir = Path(__file__).resolve().parent
     return {
         "format": str(FORMAT_VERSION),
         "params": _sha(json.dumps(params, sort_keys=True, default=str).encode()),
+        "selection": _sha(json.dumps(selection or {}, sort_keys=True, default=str).encode()),
         "seed": str(seed),
         "train_data": examples_digest(train),
         "val_data": examples_digest(val),
@@ -177,3 +185,38 @@ def cpu_state_dict(module_or_state: torch.nn.Module | dict[str, torch.Tensor]) -
     state = module_or_state.state_dict() if isinstance(module_or_state, torch.nn.Module) else module_or_state
     return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
+
+
+class EpochSnapshots:
+    """The weights of the epochs selection keeps: one ``save_pretrained`` folder per epoch.
+
+    ``{root}/epoch_{K}/`` (``config.json``, ``model.safetensors``) for 1-based epoch ``K``. Kept on
+    disk rather than in memory or in ``last.pt``: at the paper's size (bart-base) an epoch's
+    weights are ~0.6 GB and ``train.keep_best: 5`` would otherwise multiply the checkpoint.
+    Crash safety: a snapshot is written (atomically) before the checkpoint that lists it and
+    pruned only after one that no longer does, so every checkpoint's kept epochs are on disk.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, epoch: int) -> Path:
+        return self.root / f"epoch_{epoch}"
+
+    def save(self, model: Any, epoch: int) -> None:
+        """Write ``model``'s weights as epoch ``epoch`` (replacing a snapshot a killed run left)."""
+        with atomic_dir(self.path(epoch)) as tmp:
+            model.save_pretrained(str(tmp))
+
+    def missing(self, epochs: Sequence[int]) -> list[int]:
+        """The epochs of ``epochs`` that have no complete snapshot."""
+        return [e for e in epochs if not (self.path(e) / "model.safetensors").is_file()]
+
+    def prune(self, keep: Sequence[int]) -> None:
+        """Remove every snapshot (and leftover temp folder) but those of ``keep``."""
+        if not self.root.is_dir():
+            return
+        wanted = {self.path(e).name for e in keep}
+        for entry in sorted(self.root.iterdir()):
+            if entry.name not in wanted:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()

@@ -3,12 +3,16 @@
 Recipe (EnCLAP, see design.md): every (clip, caption) pair is one example; each batch draws a
 random crop of at most ``max_frames`` frames per clip and a fresh MCM mask; the loss is the
 label-smoothed caption cross-entropy plus ``mcm_weight`` × the weighted MCM loss; AdamW with
-weight decay, gradient clipping, and an inverse-square-root schedule with linear warm-up.
+weight decay by EnCLAP's name rule, gradient clipping, and transformers' inverse-square-root
+schedule (linear warm-up, ``timescale``). Training crops of BEATs tokens start on the
+time-frequency grid (multiples of the tokens' ``freq_patches``). After each epoch the validation
+split is scored and the epoch that ``data/model`` holds is chosen by ``train.select_by``
+(:mod:`clapart_core.captioner.validation`); the ``keep_best`` best epochs are kept too.
 
 Reading order: :func:`train_captioner` -> :func:`_train` (the loop, top to bottom) and the small
 pieces it calls: :func:`_prepare` (seeds, model, tokenizer, optimiser -> a :class:`_Run`),
 :func:`_restore` (resume), :func:`_optimisation_step`, :func:`_close_window` (dvclive
-``train/*``), :func:`_validate_and_select` (``val/loss``, best epoch), :func:`_save_checkpoint`.
+``train/*``), :func:`_validate_and_select` (``val/*``, kept epochs), :func:`_save_checkpoint`.
 What the loop changes lives in one :class:`LoopState`, which is what a checkpoint stores.
 
 Determinism: the shuffle, the crops and the MCM masks each use their own ``torch.Generator``
@@ -26,8 +30,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +41,15 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, get_inverse_sqrt_schedule
 
 from clapart_core.captioner import train_state
 from clapart_core.captioner.data import CaptionExample, build_batch, tokenize_captions
 from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, small_bart_config
-from clapart_core.captioner.model_dir import load_captioner, save_captioner
+from clapart_core.captioner.model_dir import load_captioner, load_snapshot, save_captioner
 from clapart_core.captioner.text import load_caption_tokenizer, train_caption_tokenizer
+from clapart_core.captioner.validation import SELECT_BY, ValScorer, kept_epochs, validate
+from clapart_core.pipeline.errors import ParamsError
 from clapart_core.pipeline.params import resolve_device
 from clapart_core.pipeline.storage import model_fingerprint
 
@@ -59,17 +66,20 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 # ---------------------------------------------------------------------------- building blocks
 
 
-def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
-    """Learning-rate multiplier for optimiser step ``step`` (1-based).
+def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, timescale: int | None) -> torch.optim.lr_scheduler.LambdaLR:
+    """EnCLAP's schedule: transformers' own ``get_inverse_sqrt_schedule`` (not a re-implementation).
 
-    With warm-up: ``min(step / warmup, sqrt(warmup / step))`` — linear rise to 1 at ``warmup``,
-    then ``1/sqrt`` decay. Without warm-up (``warmup_steps = 0``, the Clotho fine-tune):
-    ``1 / sqrt(step)``, i.e. normalised so that step 1 uses the full ``lr``.
+    Factor ``f(s) = s / warmup`` for ``s < warmup``, else ``1 / sqrt((s + timescale - warmup) / timescale)``;
+    ``timescale`` None = transformers' default, the warm-up (10,000 when there is none).
+
+    Step indexing (LambdaLR's): ``s`` is the number of optimiser steps already taken, so the
+    k-th optimiser step (1-based) runs with ``f(k - 1)``. With a warm-up the first step therefore
+    has lr 0, as in EnCLAP; EnCLAP's Clotho fine-tune (warm-up 0, timescale 1000) runs step 1 at
+    the full lr, step 1000 at 0.707 and step 4500 at 0.426 of it.
+
+    The schedule does not depend on the total step count (``train.epochs`` can be raised on resume).
     """
-    step = max(step, 1)
-    if warmup_steps <= 0:
-        return 1.0 / math.sqrt(step)
-    return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+    return get_inverse_sqrt_schedule(optimizer, num_warmup_steps=warmup_steps, timescale=timescale)
 
 
 def make_tokenizer(model_params: dict, train: Sequence[CaptionExample]) -> PreTrainedTokenizerBase:
@@ -164,47 +174,53 @@ def load_for_finetuning(
     return model, tokenizer
 
 
-def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW; biases and LayerNorm weights are not decayed (the usual transformers convention)."""
+#: EnCLAP's rule: parameters whose names contain one of these are not decayed
+NO_DECAY_NAME_PARTS = ("bias", "LayerNorm.weight", "layer_norm.weight")
+
+
+def weight_decay_groups(model: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """Names of the trainable parameters ``(decayed, not decayed)`` by EnCLAP's rule.
+
+    A name containing ``bias``, ``LayerNorm.weight`` or ``layer_norm.weight`` is not decayed;
+    everything else is, including BART's ``layernorm_embedding.weight`` (its name matches none
+    of the three, so EnCLAP decays it).
+    """
     decay, no_decay = [], []
-    for _, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if any(part in name for part in NO_DECAY_NAME_PARTS) else decay).append(name)
+    return decay, no_decay
+
+
+def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with EnCLAP's two groups (:func:`weight_decay_groups`), betas and eps as transformers' defaults."""
+    params = dict(model.named_parameters())
+    decay, no_decay = weight_decay_groups(model)
+    groups = [
+        {"params": [params[n] for n in decay], "weight_decay": weight_decay},
+        {"params": [params[n] for n in no_decay], "weight_decay": 0.0},
+    ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
-@torch.no_grad()
-def evaluate_loss(
-    model: ClapArtForCaptioning,
-    examples: Sequence[CaptionExample],
-    caption_ids: Sequence[Sequence[Sequence[int]]],
-    *,
-    batch_size: int,
-    device: torch.device,
-    autocast: Autocast,
-) -> float:
-    """Mean caption loss (label-smoothed, no MCM, first-frames crop) over all (clip, caption) pairs."""
-    was_training = model.training
-    model.eval()
-    pairs = [(i, j) for i, ids in enumerate(caption_ids) for j in range(len(ids))]
-    total, count = 0.0, 0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        batch = build_batch(
-            [examples[i] for i, _ in chunk],
-            max_frames=model.config.max_frames,
-            use_clap=model.config.use_clap,
-            crop_generator=None,
-            caption_ids=[caption_ids[i][j] for i, j in chunk],
-        ).to(device)
-        with autocast():
-            out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels)
-        total += float(out.caption_loss) * len(chunk)
-        count += len(chunk)
-    model.train(was_training)
-    return total / max(count, 1)
+class CropGridError(ParamsError):
+    """``max_frames`` breaks the tokens' time-frequency grid; the message is one sentence."""
+
+
+def check_crop_grid(max_frames: int, freq_patches: int, where: str = "model.max_frames") -> None:
+    """Refuse a crop length that is not a whole number of time steps of the tokens.
+
+    BEATs tokens come ``freq_patches`` = 8 per time step (index ``8 t + f``); a crop of another
+    length, or one starting mid-step, makes position mod 8 stop meaning the frequency band.
+
+    Raises:
+        CropGridError: ``max_frames`` is not a multiple of ``freq_patches``.
+    """
+    if freq_patches > 1 and max_frames % freq_patches:
+        raise CropGridError(
+            f"{where}={max_frames} is not a multiple of {freq_patches}, the tokens' codes per time step "
+            f"(frequency patches), so crops would break their time-frequency grid; use {max_frames // freq_patches * freq_patches}"
+        )
 
 
 # ---------------------------------------------------------------------------- the run's pieces
@@ -236,9 +252,17 @@ class _Run:
     grad_clip: float
     log_every: int
     checkpoint_every: int  # 0: checkpoints at epoch ends only
+    crop_step: int  # training crops start at multiples of it (the tokens' freq_patches)
     n_params: int
     ckpt_path: Path | None  # None: no checkpoints
     fingerprint: dict[str, str] | None  # what a checkpoint must match to be resumed
+    #: how the epoch data/model holds is chosen: "loss" or ``scorer.metric``; ``select_by`` is what params asked
+    select_metric: str
+    select_by: str
+    scorer: ValScorer | None  # None: validation by loss only, no beam search
+    generate: dict[str, Any]  # caption_examples settings of the validation beam search (params generate)
+    keep_best: int
+    snapshots: train_state.EpochSnapshots  # weights of the kept epochs (beside last.pt, or a temp folder)
 
 
 def _empty_window() -> dict[str, float]:
@@ -261,16 +285,20 @@ class LoopState:
     window: dict[str, float] = field(default_factory=_empty_window)
     #: means of the last logged window (the summary's ``final_*`` losses)
     last_window: dict[str, float] = field(default_factory=_empty_window)
-    val_losses: list[float] = field(default_factory=list)
-    best_val: float = math.inf
-    best_epoch: int = -1  # 1-based epoch of best_state
-    best_state: dict[str, torch.Tensor] | None = None  # CPU weights of the best validation epoch
+    #: one record per validated epoch: ``epoch`` (1-based), ``step``, ``loss`` and the scores (``cider_d`` …)
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+    #: per epoch: seconds of training and of validation (``val_loss``, ``val_decode``, ``val_score``)
+    epoch_seconds: list[dict[str, float]] = field(default_factory=list)
     seconds_before: float = 0.0  # training time of the runs this one continues
     started: float = field(default_factory=time.perf_counter)  # perf_counter at this run's loop start
 
     def elapsed(self) -> float:
         """Training seconds, the runs this one continues included."""
         return self.seconds_before + time.perf_counter() - self.started
+
+    @property
+    def val_losses(self) -> list[float]:
+        return [record["loss"] for record in self.val_history]
 
 
 def _build_model(
@@ -304,8 +332,12 @@ def _prepare(
     threads: int,
     checkpoint_dir: Path | None,
     init_from: Path | None,
+    scorer: ValScorer | None,
+    generate: Mapping[str, Any] | None,
+    snapshot_dir: Path,
 ) -> _Run:
     """Seed the RNGs, build model, tokenizer, optimiser and schedule; fingerprint the run for resuming."""
+    select_by, select_metric, scorer = _selection(train_params, scorer, val)
     device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
     use_bf16 = bool(train_params.get("bf16", False)) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
@@ -316,6 +348,9 @@ def _prepare(
         "mcm": torch.Generator().manual_seed(seed + 2),
     }
     model, tokenizer, init_digest = _build_model(train, model_params, train_params, init_from)
+    crop_step = int(model_params.get("freq_patches") or 1)
+    where = "model.max_frames" if init_from is None else f"max_frames of the model fine-tuned ({init_from})"
+    check_crop_grid(model.config.max_frames, crop_step, where)
     model = model.to(device)
     model.train()
     max_label = model.config.bart.max_position_embeddings
@@ -325,10 +360,9 @@ def _prepare(
 
     epochs, batch_size = int(train_params["epochs"]), int(train_params["batch_size"])
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
-    warmup = int(train_params["warmup_steps"])
     optimizer = _optimizer(model, float(train_params["lr"]), float(train_params["weight_decay"]))
-    # LambdaLR evaluates the factor with the number of steps already taken (0 for the first).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: inverse_sqrt_factor(done + 1, warmup))
+    timescale = train_params.get("timescale")
+    scheduler = make_scheduler(optimizer, int(train_params["warmup_steps"]), None if timescale is None else int(timescale))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "training captioner: %d params, %d clips / %d pairs, %d epochs x %d steps, device %s, %d threads",
@@ -343,15 +377,43 @@ def _prepare(
             model_params=model_params if init_digest is None else {**model_params, "init_weights": init_digest},
             train_params=train_params, seed=seed, train=train, val=val,
             tokenizer=tokenizer, device=device, threads=threads,
+            selection={"metric": select_metric, "scored": scorer is not None, "generate": dict(generate or {})},
         )
     return _Run(
         model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, generators=generators,
         device=device, autocast=autocast, train=train, val=val, train_ids=train_ids, val_ids=val_ids, pairs=pairs,
         epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
         grad_clip=float(train_params["grad_clip"]), log_every=int(train_params.get("log_every") or DEFAULT_LOG_EVERY),
-        checkpoint_every=int(train_params.get("checkpoint_every") or 0), n_params=n_params,
-        ckpt_path=ckpt_path, fingerprint=fingerprint,
+        checkpoint_every=int(train_params.get("checkpoint_every") or 0), crop_step=crop_step, n_params=n_params,
+        ckpt_path=ckpt_path, fingerprint=fingerprint, select_metric=select_metric, select_by=select_by, scorer=scorer,
+        generate=dict(generate or {}), keep_best=int(train_params.get("keep_best") or 0),
+        snapshots=train_state.EpochSnapshots(snapshot_dir),
     )
+
+
+def _selection(train_params: dict, scorer: ValScorer | None, val: Sequence[CaptionExample]) -> tuple[str, str, ValScorer | None]:
+    """``(select_by, metric ranked by, scorer to use)`` from ``train.select_by`` and the scorer given.
+
+    Raises:
+        ValueError: an unknown ``select_by``, a score asked for without a scorer (or one scoring
+            something else), or fewer than 2 validation clips to score (CIDEr-D's IDF needs 2).
+    """
+    select_by = str(train_params.get("select_by") or "loss")
+    if select_by not in SELECT_BY:
+        raise ValueError(f"train.select_by={select_by!r} is not one of {', '.join(SELECT_BY)}")
+    if select_by != "loss":
+        if scorer is None:
+            raise ValueError(f"train.select_by={select_by} needs a validation scorer (the train stage builds one); use loss without one")
+        if scorer.metric != select_by and not (select_by == "spider" and scorer.metric == "cider_d" and scorer.note):
+            raise ValueError(f"train.select_by={select_by} was given a scorer that ranks by {scorer.metric}")
+    if scorer is not None and 0 < len(val) < 2:
+        if select_by != "loss":
+            raise ValueError(f"train.select_by={select_by} needs at least 2 validation clips to score (CIDEr-D), the validation split has {len(val)}")
+        logger.warning("1 validation clip: too few to score captions (CIDEr-D needs 2); validating by loss only")
+        scorer = None
+    if scorer is not None and scorer.note and select_by != "loss":
+        logger.warning("train.select_by=%s: %s", select_by, scorer.note)
+    return select_by, select_by if select_by == "loss" else scorer.metric, scorer
 
 
 def _checkpoint_to_resume(run: _Run, resume: bool) -> dict | None:
@@ -386,6 +448,13 @@ def _checkpoint_to_resume(run: _Run, resume: bool) -> dict | None:
             path, state["step"], run.total_steps,
         )
         return None
+    missing = run.snapshots.missing(kept_epochs(state["val_history"], run.select_metric, run.keep_best))
+    if missing:
+        logger.warning(
+            "train.resume: the weights of kept epoch(s) %s are missing from %s; training from scratch",
+            ", ".join(map(str, missing)), run.snapshots.root,
+        )
+        return None
     return state
 
 
@@ -400,8 +469,7 @@ def _restore(run: _Run, ckpt: dict) -> LoopState:
     return LoopState(
         epoch=ckpt["epoch"], batch=ckpt["batch"], step=ckpt["step"],
         first_step_loss=ckpt["first_step_loss"], window=ckpt["window"], last_window=ckpt["last_window"],
-        val_losses=list(ckpt["val_losses"]),
-        best_val=ckpt["best_val"], best_epoch=ckpt["best_epoch"], best_state=ckpt["best_state"],
+        val_history=[dict(r) for r in ckpt["val_history"]], epoch_seconds=[dict(r) for r in ckpt["epoch_seconds"]],
         seconds_before=ckpt["seconds"],
     )
 
@@ -427,10 +495,8 @@ def _save_checkpoint(run: _Run, state: LoopState, shuffle_state: torch.Tensor) -
             "first_step_loss": state.first_step_loss,
             "window": dict(state.window),
             "last_window": dict(state.last_window),
-            "val_losses": list(state.val_losses),
-            "best_val": state.best_val,
-            "best_epoch": state.best_epoch,
-            "best_state": state.best_state,
+            "val_history": [dict(r) for r in state.val_history],
+            "epoch_seconds": [dict(r) for r in state.epoch_seconds],
             "seconds": state.elapsed(),
         },
         run.ckpt_path,
@@ -463,10 +529,13 @@ class _Curves:
                 self.live.log_metric(f"train/{key}", value)
             self.live.log_metric("train/lr", lr)
 
-    def log_val(self, step: int, epoch: int, val_loss: float) -> None:
+    def log_val(self, step: int, epoch: int, metrics: Mapping[str, float | None]) -> None:
+        """``val/loss`` and each validation score (``val/cider_d`` …) at the epoch's last step."""
         if self.live is not None:
             self.live.step = step
-            self.live.log_metric("val/loss", val_loss)
+            for key, value in metrics.items():
+                if value is not None:
+                    self.live.log_metric(f"val/{key}", value)
             self.live.log_metric("epoch", epoch, plot=False)
 
     def end_epoch(self) -> None:
@@ -491,6 +560,7 @@ def _optimisation_step(run: _Run, chunk: Sequence[tuple[int, int]]) -> tuple[dic
         use_clap=model.config.use_clap,
         crop_generator=run.generators["crop"],
         caption_ids=[run.train_ids[i][j] for i, j in chunk],
+        crop_step=run.crop_step,
     )
     # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
     mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, run.generators["mcm"])
@@ -527,23 +597,31 @@ def _close_window(state: LoopState, curves: _Curves, lr: float) -> dict[str, flo
     return means
 
 
-def _validate_and_select(run: _Run, state: LoopState, curves: _Curves, epoch: int) -> None:
-    """End of (1-based) ``epoch``: validation loss, and early selection of the best epoch's weights."""
+def _validate_and_select(run: _Run, state: LoopState, curves: _Curves, epoch: int, train_seconds: float) -> None:
+    """End of (1-based) ``epoch``: validation loss and scores (``val/*``), and the kept epochs.
+
+    The epoch's weights are snapshotted when it is among the kept ones; snapshots of epochs that
+    drop out are removed by the caller after the next checkpoint (see :class:`train_state.EpochSnapshots`).
+    """
     if not run.val:
         return
-    val_loss = evaluate_loss(run.model, run.val, run.val_ids, batch_size=run.batch_size, device=run.device, autocast=run.autocast)
-    state.val_losses.append(val_loss)
-    logger.info("epoch %d: val/loss %.4f", epoch, val_loss)
-    curves.log_val(state.step, epoch, val_loss)
-    # Early selection: keep the weights of the best validation epoch (on CPU).
-    if val_loss < state.best_val:
-        state.best_val, state.best_epoch = val_loss, epoch
-        state.best_state = train_state.cpu_state_dict(run.model)
+    metrics, seconds = validate(
+        run.model, run.tokenizer, run.val, run.val_ids, scorer=run.scorer, generate=run.generate,
+        batch_size=run.batch_size, device=run.device, autocast=run.autocast,
+    )
+    state.val_history.append({"epoch": epoch, "step": state.step, **metrics})
+    state.epoch_seconds.append({"epoch": epoch, "train": train_seconds, **{f"val_{k}": v for k, v in seconds.items()}})
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
+    logger.info("epoch %d: val %s (validation %.1f s, of which beam search %.1f s)", epoch, shown, sum(seconds.values()), seconds["decode"])
+    curves.log_val(state.step, epoch, metrics)
+    if epoch in kept_epochs(state.val_history, run.select_metric, run.keep_best):
+        run.snapshots.save(run.model, epoch)
 
 
 def _summary(run: _Run, state: LoopState, seconds: float, *, pretrained: bool, init_from: Path | None, seed: int, resumed_from: int) -> dict:
     """``training_summary.json``: see :func:`train_captioner`'s return value."""
-    selected = state.best_state is not None
+    kept = kept_epochs(state.val_history, run.select_metric, run.keep_best) if state.val_history else []
+    best = next((r for r in state.val_history if kept and r["epoch"] == kept[0]), None)
     return {
         "steps": state.step,
         "epochs": run.epochs,
@@ -552,8 +630,15 @@ def _summary(run: _Run, state: LoopState, seconds: float, *, pretrained: bool, i
         "final_caption_loss": state.last_window.get("caption_loss"),
         "final_mcm_loss": state.last_window.get("mcm_loss"),
         "val_losses": state.val_losses,
-        "best_epoch": state.best_epoch if selected else run.epochs,
-        "best_val_loss": state.best_val if selected else None,
+        "val_history": state.val_history,
+        "select_by": run.select_by,
+        "selected_by": run.select_metric,
+        "select_note": run.scorer.note if run.scorer is not None and run.select_by != "loss" else None,
+        "best_epoch": kept[0] if kept else run.epochs,
+        "best_val_loss": best["loss"] if best else None,
+        "best_score": best.get(run.select_metric) if best else None,
+        "kept_epochs": kept[: run.keep_best],
+        "epoch_seconds": state.epoch_seconds,
         "seconds_per_step": seconds / max(state.step, 1),
         "n_parameters": run.n_params,
         "n_train_pairs": len(run.pairs),
@@ -580,8 +665,14 @@ def train_captioner(
     seed: int,
     checkpoint_dir: Path | None = None,
     init_from: Path | None = None,
+    val_scorer: ValScorer | None = None,
+    generate_params: Mapping[str, Any] | None = None,
 ) -> dict:
     """Train the captioner and save it (HF ``save_pretrained`` layout, with its tokenizer) to ``out_dir``.
+
+    ``out_dir`` holds the epoch chosen by ``train.select_by``; ``out_dir/epochs/epoch_K/`` (each a
+    complete captioner folder) the ``train.keep_best`` best epochs, best first in the summary's
+    ``kept_epochs``.
 
     Args:
         train, val: clips; every caption of a training clip is a separate example.
@@ -590,35 +681,53 @@ def train_captioner(
             ``use_clap``, ``max_frames``.
         train_params: ``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``weight_decay``,
             ``label_smoothing``, ``grad_clip``, ``mcm_weight``, ``mcm_prob``, ``mcm_span``,
-            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``log_every``,
-            ``resume`` (continue from a matching checkpoint in ``checkpoint_dir``) and
-            ``checkpoint_every`` (steps between mid-epoch checkpoints; 0/None = epoch ends only).
+            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``timescale``
+            (of the inverse-sqrt schedule; None = the warm-up), ``select_by`` (``spider`` |
+            ``cider_d`` | ``loss``; absent = ``loss``), ``keep_best`` (epochs kept besides the
+            selected one's folder; absent = 0), ``log_every``, ``resume`` (continue from a
+            matching checkpoint in ``checkpoint_dir``) and ``checkpoint_every`` (steps between
+            mid-epoch checkpoints; 0/None = epoch ends only).
         out_dir: final model directory (replaced atomically).
-        live_dir: dvclive directory (``train/*`` every ``log_every`` steps, ``val/loss`` per
-            epoch), or None for no dvclive logging.
+        live_dir: dvclive directory (``train/*`` every ``log_every`` steps, ``val/loss`` and the
+            validation scores ``val/cider_d`` … per epoch), or None for no dvclive logging.
         seed: seeds the global torch RNG (init, dropout) and the shuffle/crop/MCM generators.
         init_from: a trained captioner directory to fine-tune (the paper's Clotho phase starts
             from its AudioCaps model): its weights, tokenizer and architecture are used and
             ``model_params`` other than ``codebook_size``/``use_clap`` (checked) are ignored;
             the MCM and label-smoothing settings come from ``train_params``.
-        checkpoint_dir: where ``last.pt`` is written (atomically), or None for no checkpoints.
+        checkpoint_dir: where ``last.pt`` and the kept epochs' snapshots (``epochs/``) are
+            written (atomically), or None for no checkpoints (snapshots then go to a temp folder).
+        val_scorer: scores the validation captions after each epoch (the train stage builds it
+            from ``clapart_core.scoring``); required unless ``select_by`` is ``loss``, and with
+            ``loss`` still used to log the scores. None: no beam search, loss only.
+        generate_params: the validation beam search's settings (params ``generate``:
+            ``num_beams``, ``max_length``, ``no_repeat_ngram_size``, ``batch_size``).
 
     Raises:
         CheckpointError: ``resume`` is set and the checkpoint there cannot be loaded safely.
+        CropGridError: ``max_frames`` is not a multiple of ``model_params["freq_patches"]``.
+        ValueError: an unusable ``select_by`` (see :func:`_selection`).
 
     Returns:
         Summary: ``steps``, ``epochs``, ``first_step_loss``, ``final_loss``,
         ``final_caption_loss``, ``final_mcm_loss`` (means over the last logging window),
-        ``val_losses``, ``best_epoch``, ``best_val_loss``, ``seconds_per_step``, sizes, device,
-        ``resumed_from_step`` (0 for a fresh run).
+        ``val_losses``, ``val_history`` (per epoch: ``epoch``, ``step``, ``loss`` and the
+        scores), ``select_by`` (asked), ``selected_by`` (used), ``select_note``, ``best_epoch``
+        (the one ``out_dir`` holds), ``best_val_loss`` and ``best_score`` (its values),
+        ``kept_epochs``, ``epoch_seconds`` (training and validation seconds per epoch),
+        ``seconds_per_step``, sizes, device, ``resumed_from_step`` (0 for a fresh run).
     """
     if not train:
         raise ValueError("no training examples")
     threads = int(train_params.get("num_threads") or 0) or (os.cpu_count() or 1)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    selection = (val_scorer, generate_params)
     try:
-        return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, checkpoint_dir, init_from)
+        if checkpoint_dir is not None:
+            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, checkpoint_dir, init_from, selection)
+        with tempfile.TemporaryDirectory(prefix="clapart-epochs-") as snapshots:
+            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, None, init_from, selection, Path(snapshots))
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -633,12 +742,16 @@ def _train(
     seed: int,
     threads: int,
     checkpoint_dir: Path | None,
-    init_from: Path | None = None,
+    init_from: Path | None,
+    selection: tuple[ValScorer | None, Mapping[str, Any] | None],
+    snapshot_dir: Path | None = None,
 ) -> dict:
     """The body of [`train_captioner`], run with the requested thread count: the loop, top to bottom."""
-    run = _prepare(train, val, model_params, train_params, seed, threads, checkpoint_dir, init_from)
+    snapshot_dir = snapshot_dir if checkpoint_dir is None else Path(checkpoint_dir) / "epochs"
+    run = _prepare(train, val, model_params, train_params, seed, threads, checkpoint_dir, init_from, *selection, snapshot_dir)
     ckpt = _checkpoint_to_resume(run, bool(train_params.get("resume")))
     state = _restore(run, ckpt) if ckpt is not None else LoopState()
+    run.snapshots.prune(kept_epochs(state.val_history, run.select_metric, run.keep_best) if state.val_history else [])
     resumed_from, start_epoch, start_batch = state.step, state.epoch, state.batch
     curves = _Curves(
         live_dir,
@@ -650,6 +763,7 @@ def _train(
     state.started = time.perf_counter()
     progress = tqdm(total=run.total_steps, initial=state.step, desc="train captioner", unit="step")
     for epoch in range(start_epoch, run.epochs):
+        epoch_started = time.perf_counter()
         epoch_shuffle_state = shuffle.get_state()
         order = torch.randperm(len(run.pairs), generator=shuffle).tolist()
         for batch_index, start in enumerate(range(0, len(order), run.batch_size)):
@@ -665,21 +779,26 @@ def _train(
             mid_epoch = state.batch < run.steps_per_epoch
             if run.ckpt_path is not None and run.checkpoint_every and state.step % run.checkpoint_every == 0 and mid_epoch:
                 _save_checkpoint(run, state, epoch_shuffle_state)
-        _validate_and_select(run, state, curves, epoch + 1)
+        _validate_and_select(run, state, curves, epoch + 1, time.perf_counter() - epoch_started)
         curves.end_epoch()
         state.epoch, state.batch = epoch + 1, 0
         if run.ckpt_path is not None:
             _save_checkpoint(run, state, shuffle.get_state())
+        # only now that the checkpoint lists the new kept epochs may the dropped ones go
+        if state.val_history:
+            run.snapshots.prune(kept_epochs(state.val_history, run.select_metric, run.keep_best))
     progress.close()
     seconds = state.elapsed()
 
-    if state.best_state is not None and state.best_epoch != run.epochs:
-        logger.info("restoring the best validation epoch %d (val/loss %.4f)", state.best_epoch, state.best_val)
-        run.model.load_state_dict(state.best_state)
-    run.model.eval()
     pretrained = bool(model_params.get("pretrained")) or init_from is not None
     summary = _summary(run, state, seconds, pretrained=pretrained, init_from=init_from, seed=seed, resumed_from=resumed_from)
-    save_captioner(run.model.to("cpu"), run.tokenizer, summary, Path(out_dir))
+    model = run.model.to("cpu").eval()
+    if state.val_history:  # the selected epoch's weights, which may be the last epoch's
+        best = summary["best_epoch"]
+        logger.info("data/model: epoch %d, selected by %s (%s)", best, run.select_metric, summary["best_score"])
+        model = load_snapshot(run.snapshots.path(best))
+    kept = {epoch: run.snapshots.path(epoch) for epoch in summary["kept_epochs"]}
+    save_captioner(model, run.tokenizer, summary, Path(out_dir), kept_epochs=kept)
     curves.end()
     logger.info("saved captioner to %s (%d steps, %.3f s/step)", out_dir, state.step, summary["seconds_per_step"])
     return summary

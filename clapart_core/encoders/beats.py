@@ -19,7 +19,7 @@ and reproduces the official outputs (tests/test_beats.py checks it against vecto
 the official code). Public API::
 
     model = load_beats(path)                       # eval mode, CPU, float32
-    feats, mask = model.extract_features(wave, padding_mask)   # [B, N, D], [B, N] | None
+    feats, mask = model.extract_features(wave, padding_mask)   # [B, N, D], [B, N] | None (layer=k: layer k's)
     tok = load_acoustic_tokenizer(path)
     codes = tok.extract_labels(wave, padding_mask)              # [B, N] int64
     random_beats({...}, seed), random_acoustic_tokenizer({...}, seed)  # seeded random weights
@@ -513,16 +513,23 @@ class BEATsEncoder(nn.Module):
         buckets = relative_position_bucket(positions[None, :] - positions[:, None], self.num_buckets, self.max_distance)
         return table(buckets).permute(2, 0, 1)
 
-    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
+        """``layer``: return the output of Transformer layer ``layer`` (1-based) instead of the last.
+
+        As in the official code (``tgt_layer``), the layers above it are not run, and a pre-LN
+        model's final ``layer_norm`` is applied only after the last layer; ``layer`` = the last
+        layer is the same computation as None.
+        """
+        depth = len(self.layers) if layer is None else layer
         if padding_mask is not None:
             x = x.masked_fill(padding_mask[..., None], 0.0)
         x = x + self.pos_conv(x.transpose(1, 2)).transpose(1, 2)
         if not self.layer_norm_first:
             x = self.layer_norm(x)
         bias = self.position_bias(x.shape[1], x.device)
-        for layer in self.layers:
-            x = layer(x, bias, padding_mask)
-        if self.layer_norm_first:
+        for block in self.layers[:depth]:
+            x = block(x, bias, padding_mask)
+        if self.layer_norm_first and depth == len(self.layers):
             x = self.layer_norm(x)
         return x
 
@@ -556,17 +563,25 @@ class BEATsBackbone(nn.Module):
         for layer in self.encoder.layers:
             layer.self_attn.attn_implementation = name
 
-    def encode(self, fbank: torch.Tensor, patch_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised fbank ``[B, F, 128]`` -> patch features ``[B, N, D]``, N = (F // 16) * 8.
+    def check_layer(self, layer: int | None) -> None:
+        """Raise ValueError (one sentence) unless ``layer`` is None or a layer number 1..encoder_layers."""
+        count = len(self.encoder.layers)
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= count):
+            raise ValueError(f"beats.layer={layer!r} is not a layer of this BEATs model: use 1..{count} or null for the last layer")
+
+    def encode(self, fbank: torch.Tensor, patch_padding_mask: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
+        """Normalised fbank ``[B, F, 128]`` -> patch features ``[B, N, D]``, N = (F // 16) * 8,
+        of Transformer layer ``layer`` (1-based; None = the last).
 
         The last ``F % 16`` frames are dropped by the patch conv.
         """
+        self.check_layer(layer)
         x = self.patch_embedding(fbank.unsqueeze(1))  # [B, E, F // 16, 8]
         x = x.flatten(2).transpose(1, 2)  # [B, N, E], time-major: n = 8 t + f
         x = self.layer_norm(x)
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
-        return self.encoder(x, patch_padding_mask)
+        return self.encoder(x, patch_padding_mask, layer)
 
     def _prepare(
         self,
@@ -621,10 +636,13 @@ class BEATs(BEATsBackbone):
         )
         self.label_dict: dict[int, str] | None = None  # class names of a fine-tuned checkpoint
 
-    def forward(self, fbank: torch.Tensor, patch_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised fbank ``[B, F, 128]`` -> features ``[B, N, D]``, or class probabilities ``[B, C]``
-        (sigmoid of the logits averaged over valid patches) for a fine-tuned model."""
-        x = self.encode(fbank, patch_padding_mask)
+    def forward(self, fbank: torch.Tensor, patch_padding_mask: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
+        """Normalised fbank ``[B, F, 128]`` -> features ``[B, N, D]`` of Transformer layer ``layer``
+        (1-based, None = the last), or class probabilities ``[B, C]`` (sigmoid of the logits
+        averaged over valid patches) for a fine-tuned model (whose head reads the last layer)."""
+        if self.predictor is not None and layer is not None:
+            raise ValueError("beats.layer selects encoder features, but this fine-tuned BEATs returns class probabilities")
+        x = self.encode(fbank, patch_padding_mask, layer)
         if self.predictor is None:
             return x
         logits = self.predictor(x)  # [B, N, C]
@@ -643,16 +661,19 @@ class BEATs(BEATsBackbone):
         *,
         padding_semantics: PaddingSemantics = "alone",
         autocast_dtype: torch.dtype | None = None,
+        layer: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """16 kHz waveforms ``[B, S]`` in [-1, 1] (+ right-padding mask ``[B, S]``, True = padding)
         -> (features ``[B, N, D]`` float32, patch padding mask ``[B, N]`` or None).
 
+        ``layer``: the features of Transformer layer ``layer`` (1-based, 1..encoder_layers; None =
+        the last, what "BEATs features" means in the CLAP-ART paper; ``beats.layer`` in params).
         A fine-tuned model returns class probabilities ``[B, C]`` instead of features, as the
         official code does. See the module docstring for the padding semantics.
         """
         fbank, patch_mask = self._prepare(wave, padding_mask, padding_semantics)
         with _autocast(self.device, autocast_dtype):
-            out = self(fbank, patch_mask)
+            out = self(fbank, patch_mask, layer)
         out = out.float()
         if self.predictor is None and patch_mask is not None and padding_semantics == "alone":
             out = out.masked_fill(patch_mask[..., None], 0.0)

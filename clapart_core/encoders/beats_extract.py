@@ -42,8 +42,10 @@ def extract_beats_features(
     attrs: dict[str, Any] | None = None,
     work_dir: Path | None = None,
     keep_shards: bool = False,
+    layer: int | None = None,
 ) -> int:
-    """BEATs patch features for every clip of one split: ``[S] -> [T, D]`` fp16, ``T = 8·⌊F/16⌋``.
+    """BEATs patch features for every clip of one split: ``[S] -> [T, D]`` fp16, ``T = 8·⌊F/16⌋``,
+    of Transformer layer ``layer`` (1-based; None = the last, see ``BEATs.extract_features``).
 
     Clips are batched by length; each clip keeps only its own valid patches, so its features
     equal the clip run alone (the encoder masks per clip, see :mod:`clapart_core.encoders.beats`).
@@ -61,11 +63,14 @@ def extract_beats_features(
     info = {"sample_rate": BEATS_SAMPLE_RATE, "frame_rate_hz": BEATS_PATCH_RATE_HZ, "dtype": "float16", **(attrs or {})}
 
     def run(wave: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-        out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device), autocast_dtype=autocast_dtype)
+        out, _ = model.extract_features(wave.to(device), padding_mask=mask.to(device), autocast_dtype=autocast_dtype, layer=layer)
         return out.float().cpu().numpy()
 
     # everything the features depend on: batching changes rounding, so batch_size is part of it
-    key = {"kind": "beats_features", "weights": model_fingerprint(model), "attrs": info, "batch_size": batch_size, "device": str(device), "bf16": bf16}
+    key = {
+        "kind": "beats_features", "weights": model_fingerprint(model), "attrs": info, "batch_size": batch_size, "device": str(device), "bf16": bf16,
+        "layer": layer,
+    }
     with reader:
         empty = np.zeros((0, dim), np.float16)
         shards = per_patch_outputs(reader, run, batch_size, empty, f"beats {audio_h5.stem}", key, work_dir or parts_path(out_h5), np.float16, keep_shards)

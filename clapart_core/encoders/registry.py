@@ -9,8 +9,9 @@ rebuilds and what it extracts per split, the token metadata, and raw-audio capti
 ================  =======  ==============  ==================================================
 type              rate     codes from      ``features`` writes per split
 ================  =======  ==============  ==================================================
-beats_rvq         16 kHz   RVQ codebooks   BEATs patch features ``{split}.h5`` ([T, D] fp16);
-                                           ``tokenize`` quantises them with the fitted codebooks
+beats_rvq         16 kHz   RVQ codebooks   BEATs patch features ``{split}.h5`` ([T, D] fp16) of
+                                           layer ``beats.layer`` (null: the last); ``tokenize``
+                                           quantises them with the fitted codebooks
 beats_tokenizer   16 kHz   the encoder     BEATs-AT codes ``{split}.parquet`` ([T, 1])
 encodec           24 kHz   the encoder     EnCodec codes ``{split}.parquet`` ([T, N], 16 at 12 kbps)
 ================  =======  ==============  ==================================================
@@ -196,7 +197,9 @@ def token_metadata(
     """The metadata of every token Parquet (:func:`clapart_core.pipeline.storage.write_tokens`):
 
     ``{num_codebooks, codebook_size, [rvq_layers, codebooks_file, codebooks_fit,] encoder_type,
-    encoder, **more}``; ``train`` and ``score`` read only this, whatever the type.
+    encoder, freq_patches, **more}``; ``train`` and ``score`` read only this, whatever the type.
+    ``freq_patches`` is the type's codes per time step (:attr:`TokenType.freq_patches`): ``train``
+    starts its crops at multiples of it.
 
     Args:
         encoder: :func:`encoder_record`.
@@ -209,7 +212,7 @@ def token_metadata(
     meta: dict[str, Any] = {"num_codebooks": num_codebooks, "codebook_size": codebook_size}
     if codebooks is not None:
         meta.update(rvq_layers=num_codebooks, codebooks_file=codebooks[0], codebooks_fit=codebooks[1])
-    return {**meta, "encoder_type": kind.name, "encoder": encoder, **more}
+    return {**meta, "encoder_type": kind.name, "encoder": encoder, "freq_patches": kind.freq_patches, **more}
 
 
 # --------------------------------------------------------------------------------------- BEATs
@@ -244,6 +247,7 @@ class _BeatsRvq(_Beats):
         from clapart_core.encoders.beats import load_beats, random_beats
 
         model = checkpoint_or_random(spec, load_beats, random_beats, "BEATs", self.random_parameters).to(device)
+        model.check_layer(spec.get("layer"))  # a spec from before beats.layer existed has none: the last layer
         return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
 
     def extract(
@@ -255,14 +259,15 @@ class _BeatsRvq(_Beats):
         record = encoder.record()
         attrs = {"encoder": record["name"], "spec": record["spec"], "pretrained": record["pretrained"], "weights_sha256": record["weights_sha256"], **extra}
         return extract_beats_features(
-            encoder.model, audio_h5, out, batch_size=batch_size, device=encoder.device, bf16=bf16, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards
+            encoder.model, audio_h5, out, batch_size=batch_size, device=encoder.device, bf16=bf16, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards,
+            layer=encoder.spec.get("layer"),
         )
 
     def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
         import numpy as np
 
         batch, n = self._wave(encoder, wave)
-        feats, _ = encoder.model.extract_features(batch)
+        feats, _ = encoder.model.extract_features(batch, layer=encoder.spec.get("layer"))
         return rvq.encode(feats[0, :n].float().cpu()).numpy().astype(np.int16)
 
 
@@ -348,7 +353,7 @@ TOKEN_TYPES: dict[str, TokenType] = {
     for t in (
         _BeatsRvq(
             "beats_rvq", section="beats", encoder_name="beats", sample_rate=BEATS_SAMPLE_RATE, codebooks=True, freq_patches=BEATS_FREQ_PATCHES,
-            checkpoint="file", checkpoint_hint=_BEATS_CHECKPOINTS, bf16=True,
+            checkpoint="file", checkpoint_hint=_BEATS_CHECKPOINTS, bf16=True, spec_keys=("layer",),
         ),
         _BeatsTokenizer(
             "beats_tokenizer", section="beats_tokenizer", encoder_name="beats_tokenizer", sample_rate=BEATS_SAMPLE_RATE, codebooks=False,

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, token_type
+from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, TokenType, token_type
 from clapart_core.pipeline.atomic import write_files
 from clapart_core.pipeline.errors import UserError
 from clapart_core.pipeline.params import CONFIG_DIR, phase_params
@@ -130,6 +130,7 @@ def preflight(params: dict[str, Any]) -> list[str]:
     hub.append(("clap.checkpoint", params["clap"]["checkpoint"], "laion/clap-htsat-fused"))
     hub.append(("model.pretrained", params["model"]["pretrained"], "facebook/bart-base"))
     hub.append(("model.tokenizer", params["model"]["tokenizer"], "facebook/bart-base"))
+    _check_token_settings(params, kind)
     notes = []
     for key, path, where in files:
         if path and not Path(path).is_file():
@@ -174,3 +175,23 @@ def _check_corpus_root(data: dict[str, Any], where: str) -> None:
     if data["source"] != "demo" and not data["download"] and not Path(data["root"]).is_dir():
         hint = f" (or set download: true to fetch {data['source']})" if data["source"] in ("clotho", "audiocaps") else ""
         raise PreflightError(f"{where}.root = {data['root']!r} is not a folder{hint}")
+
+
+def _check_token_settings(params: dict[str, Any], kind: TokenType) -> None:
+    """Settings whose mistake would otherwise show only hours later, in ``features`` or ``train``."""
+    max_frames = params["model"]["max_frames"]
+    if kind.freq_patches > 1 and max_frames % kind.freq_patches:
+        raise PreflightError(
+            f"params.yaml: model.max_frames = {max_frames} is not a multiple of {kind.freq_patches}, the codes per time step of "
+            f"{kind.name} tokens, so training crops would break their time-frequency grid; use {max_frames // kind.freq_patches * kind.freq_patches}"
+        )
+    if "layer" in kind.spec_keys:
+        layer = params[kind.section]["layer"]
+        random_depth = (params[kind.section]["random"] or {}).get("encoder_layers", 12)  # 12: BEATs' default depth
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+            raise PreflightError(f"params.yaml: {kind.section}.layer = {layer!r} must be a layer number (1 = the first) or null for the last layer")
+        if layer is not None and not params[kind.section]["checkpoint"] and layer > random_depth:
+            raise PreflightError(
+                f"params.yaml: {kind.section}.layer = {layer} but the random BEATs has {random_depth} layers ({kind.section}.random.encoder_layers)"
+            )
+

@@ -140,6 +140,7 @@ class EncoderSettings(Section):
 
 class Beats(EncoderSettings):
     bf16: bool
+    layer: PositiveInt | None  # None: the last layer (what "BEATs features" means in the paper)
 
 
 class Encodec(Section):
@@ -225,6 +226,9 @@ class Train(Section):
     resume: bool
     checkpoint_every: Count  # 0: only at each epoch end
     log_every: PositiveInt | None = None  # optional: steps between logged training losses
+    timescale: PositiveInt | None  # inverse-sqrt decay timescale; None: transformers' default, the warm-up
+    select_by: Literal["spider", "cider_d", "loss"]  # the epoch data/model holds
+    keep_best: Count  # also keep the N best epochs (data/model/epochs/)
 
 
 class Generate(Section):

@@ -69,6 +69,8 @@ __all__ = [
     "score_with_details",
     "setup",
     "timing_summary",
+    "validation_scorer",
+    "write_epoch_scores",
     "write_per_clip_csv",
     "write_scores_json",
 ]
@@ -472,6 +474,47 @@ def score(
     return scores
 
 
+#: what :func:`validation_scorer` returns: predictions, references -> {metric: value or None}
+ValidationScore = Callable[[list[str], list[list[str]]], dict[str, float | None]]
+
+
+def validation_scorer(
+    select_by: str, *, cache_path: str | Path | None = None, java_path: str | Path | None = None
+) -> tuple[ValidationScore, str, str | None]:
+    """How the train stage scores the validation captions after each epoch (``train.select_by``).
+
+    Only what selection needs, on PTB-tokenised text as :func:`score` does: CIDEr-D for
+    ``cider_d`` (and for ``loss``, whose runs still log it); CIDEr-D, SPICE and SPIDEr for
+    ``spider`` where SPICE can run, else CIDEr-D. Never METEOR, BLEU or ROUGE-L: selection does
+    not use them and METEOR is a JVM run per epoch.
+
+    Returns:
+        ``(score, metric, note)``: ``score(predictions, references)`` ->
+        ``{"cider_d": …[, "spice": …, "spider": …]}``; ``metric``, the key to rank epochs by
+        (``cider_d`` where ``spider`` was asked for but SPICE cannot run); ``note``, a sentence
+        saying so (None otherwise).
+
+    Raises:
+        ScoringSetupError: Java or the PTB tokenizer is missing (checked now, not after an epoch).
+    """
+    java = resolve_java(java_path)
+    cache = ensure_assets(cache_path).cache_path
+    metrics: tuple[str, ...] = ("cider_d",)
+    metric, note = ("cider_d" if select_by == "loss" else select_by), None
+    if select_by == "spider":
+        reason = spice_unavailable_reason(cache)
+        if reason is None:
+            metrics = ("cider_d", "spice", "spider")
+        else:
+            metric, note = "cider_d", f"SPIDEr cannot be computed here, so epochs are selected by CIDEr-D: {portable(reason)}"
+
+    def score_captions(predictions: list[str], references: list[list[str]]) -> dict[str, float | None]:
+        scores = score(predictions, references, metrics, cache_path=cache, java_path=java)
+        return {m: scores[m] for m in metrics}  # type: ignore[misc]
+
+    return score_captions, metric, note
+
+
 # ---------------------------------------------------------------- constant-caption baseline
 
 
@@ -713,6 +756,42 @@ def write_scores_json(scores: Mapping[str, Any], path: Path) -> Path:
 def notes_path(scores_path: Path) -> Path:
     """The side file of a scores file: ``scores.json`` -> ``scores_notes.json``."""
     return Path(scores_path).with_name(Path(scores_path).stem + "_notes.json")
+
+
+def epochs_path(scores_path: Path) -> Path:
+    """The kept epochs' side file of a scores file: ``scores.json`` -> ``scores_epochs.json``."""
+    return Path(scores_path).with_name(Path(scores_path).stem + "_epochs.json")
+
+
+def write_epoch_scores(path: Path, summary: Mapping[str, Any], test_scores: Mapping[int, Mapping[str, Any]]) -> Path:
+    """``scores_epochs.json``: the selected epoch and each kept one, with validation and test scores.
+
+    Args:
+        path: the file (see :func:`epochs_path`); a plain output, not a DVC metric (one column per
+            epoch and metric would widen ``dvc metrics show``); ``clapart results`` reads it.
+        summary: the model's ``training_summary.json`` (``val_history``, ``best_epoch``,
+            ``kept_epochs``, ``select_by``, ``selected_by``).
+        test_scores: epoch -> its :func:`score` result on the test split, for the selected epoch
+            and every kept one.
+
+    Layout: ``{select_by, selected_by, selected_epoch, epochs: [{epoch, selected, val: {loss,
+    cider_d, …}, test: {bleu_1, …, spider}}]}``, the selected epoch first, then the kept ones by
+    their validation rank.
+    """
+    val = {record["epoch"]: {k: v for k, v in record.items() if k not in ("epoch", "step")} for record in summary.get("val_history") or []}
+    best = summary["best_epoch"]
+    order = [best] + [e for e in summary.get("kept_epochs") or [] if e != best]
+    rows = [
+        {
+            "epoch": epoch,
+            "selected": epoch == best,
+            "val": val.get(epoch, {}),
+            "test": {m: test_scores[epoch].get(m) for m in ALL_METRICS if m in test_scores[epoch]},
+        }
+        for epoch in order
+    ]
+    data = {"select_by": summary.get("select_by"), "selected_by": summary.get("selected_by"), "selected_epoch": best, "epochs": rows}
+    return write_scores_json(data, path)
 
 
 def portable(text: str) -> str:

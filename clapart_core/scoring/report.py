@@ -3,7 +3,9 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers, CLAP on/off and the scores, as Markdown
+with token type, RVQ layers, CLAP on/off and the scores, followed by one row per other epoch
+``train.keep_best`` kept (from ``scores_epochs.json`` beside the scores: column ``epoch``, and
+``selected`` False), as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
 ``rvq.layers`` for the runs of an RVQ token type (BEATs-RVQ), one line per CLAP setting. No plotting library is
 needed: the SVG is written directly.
@@ -20,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from clapart_core.encoders.registry import TOKEN_TYPES
-from clapart_core.scoring.metrics import notes_path
+from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
-    "run", "phase", "encoder.type", "rvq.layers", "model.use_clap",
+    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "model.use_clap",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
+#: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
+SCORE_COLUMNS = ("spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l")
 SCORES = "metrics/scores.json"
 FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
 
@@ -80,7 +84,16 @@ def read_notes(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str,
     """The ``*_notes.json`` beside ``scores_file`` as run ``rev`` left it: from the working tree for
     ``workspace``, else from git (DVC commits it with each experiment: it is a ``cache: false`` out);
     ``{}`` where there is none (a run from before the side file existed)."""
-    path = notes_path(Path(scores_file)).as_posix()
+    return _side_file(rev, notes_path(Path(scores_file)).as_posix(), cwd)
+
+
+def read_epochs(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
+    """The ``*_epochs.json`` beside ``scores_file`` (selected and kept epochs, see
+    ``clapart_core.scoring.metrics.write_epoch_scores``) as run ``rev`` left it, as :func:`read_notes`."""
+    return _side_file(rev, epochs_path(Path(scores_file)).as_posix(), cwd)
+
+
+def _side_file(rev: str, path: str, cwd: Path | None) -> dict[str, Any]:
     if rev == "workspace":
         file = (cwd or Path.cwd()) / path
         return json.loads(file.read_text()) if file.is_file() else {}
@@ -88,10 +101,12 @@ def read_notes(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str,
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes) -> list[dict[str, Any]]:
-    """One row per run and phase that has scores; duplicates of the same run (workspace = HEAD) are kept once.
+def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes, epochs: NotesReader = read_epochs) -> list[dict[str, Any]]:
+    """One row per run and phase that has scores (its selected epoch), then one per other kept
+    epoch of it; duplicates of the same run (workspace = HEAD) are kept once.
 
-    ``notes(rev, scores_file)`` gives the side file of a run's scores (see :func:`read_notes`).
+    ``notes(rev, scores_file)`` and ``epochs(rev, scores_file)`` give the side files of a run's
+    scores (see :func:`read_notes`, :func:`read_epochs`).
     """
     rows, seen = [], set()
     for run in _runs(exp_show):
@@ -104,19 +119,28 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
             scores = (metrics[metrics_file] or {}).get("data")
             if not scores:
                 continue
+            rev = str(run.get("rev", ""))
+            kept = epochs(rev, metrics_file)
             row = {
-                "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
+                "run": run.get("name") or data.get("name") or _short(rev),
                 "phase": phase,
+                "epoch": kept.get("selected_epoch"),
+                "selected": True,
                 "encoder.type": _get(params, "encoder.type"),
                 "rvq.layers": _get(params, "rvq.layers") if _uses_rvq(_get(params, "encoder.type")) else None,
                 "model.use_clap": _get(params, "model.use_clap"),
-                **{k: scores.get(k) for k in COLUMNS[5:] if k not in NOTE_COLUMNS},
-                **{k: notes(str(run.get("rev", "")), metrics_file).get(k) for k in NOTE_COLUMNS},
+                **{k: scores.get(k) for k in SCORE_COLUMNS},
+                **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
             }
+            others = [
+                {**row, "epoch": e["epoch"], "selected": False, **{k: (e.get("test") or {}).get(k) for k in SCORE_COLUMNS}}
+                for e in kept.get("epochs") or []
+                if not e.get("selected")
+            ]
             key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
             if key not in seen:
                 seen.add(key)
-                rows.append(row)
+                rows.extend([row, *others])
     return rows
 
 
@@ -157,9 +181,11 @@ def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
-    """Plot the metric against ``rvq.layers`` (log2 axis), one line per CLAP setting; returns the metric name."""
+    """Plot the metric against ``rvq.layers`` (log2 axis), one line per CLAP setting, of each run's
+    selected epoch (rows of other kept epochs are left out); returns the metric name."""
     import math
 
+    rows = [r for r in rows if r.get("selected", True)]  # one point per run: its selected epoch
     metric = plot_metric(rows)
     points: dict[str, list[tuple[int, float]]] = {}
     for r in rows:
