@@ -82,6 +82,14 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
     assert max(len(line) for line in shown.splitlines()) <= 100, shown
     assert (project / "data/predictions/test.csv").read_text().startswith("file_name,caption_predicted")
     assert (project / "dvclive/plots/metrics/train/loss.tsv").is_file()
+    # selection: the val split scored after each epoch (SPICE is missing here: selected by CIDEr-D, said so)
+    assert (project / "dvclive/plots/metrics/val/cider_d.tsv").read_text().startswith("step\tcider_d")
+    summary = json.loads((project / "data/model/training_summary.json").read_text())
+    assert (summary["select_by"], summary["selected_by"], summary["best_epoch"]) == ("spider", "cider_d", 1) and summary["select_note"]
+    assert summary["kept_epochs"] == [1] and (project / "data/model/epochs/epoch_1/frontend.json").is_file()
+    kept = json.loads((project / "metrics/scores_epochs.json").read_text())
+    assert kept["selected_epoch"] == 1 and kept["epochs"][0]["test"]["cider_d"] == scores["cider_d"]
+    assert notes["epoch"] == 1 and notes["selected_by"] == "cider_d"
     rvq = json.loads((project / "metrics/rvq.json").read_text())
     assert len(rvq["layers"]) == 4
     decode = json.loads((project / "metrics/decode.json").read_text())

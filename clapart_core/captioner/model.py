@@ -78,7 +78,7 @@ class ClapArtConfig(PreTrainedConfig):
     clap_dim: int = 512
     use_clap: bool = True
     normalize_clap: bool = True
-    max_frames: int = 1020
+    max_frames: int = 1016  # 1016 + <s>, </s> fit 1024 positions; a multiple of BEATs' 8 frequency patches
     mcm_prob: float = 0.15
     mcm_span: int = 10
     mcm_weight: float = 0.7
@@ -266,7 +266,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         codebook_size: int,
         use_clap: bool = True,
         clap_dim: int = 512,
-        max_frames: int = 1020,
+        max_frames: int = 1016,
         **config_kwargs,
     ) -> "ClapArtForCaptioning":
         """Build a captioner around a pretrained BART (e.g. ``facebook/bart-base``), keeping its weights.
@@ -596,7 +596,7 @@ def small_bart_config(
     attention_heads: int,
     ffn_dim: int,
     dropout: float = 0.1,
-    max_frames: int = 1020,
+    max_frames: int = 1016,
 ) -> BartConfig:
     """A from-scratch BART config with BART's special ids and enough positions for ``max_frames``."""
     return BartConfig(
