@@ -1,4 +1,4 @@
-"""clapart_core.hubert: HuBERT layer features at 50 frames/s, per clip, with a tiny random HubertModel.
+"""clapart_core.encoders.hubert: HuBERT layer features at 50 frames/s, per clip, with a tiny random HubertModel.
 
 The tiny model keeps HuBERT base's convolutional feature encoder geometry (kernels 10,3,3,3,3,2,2,
 strides 5,2,2,2,2,2,2, GroupNorm after the first conv) so frame counts and the padding behaviour
@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.clap import ModelNotFoundError
-from clapart_core.hubert import (
+from clapart_core.encoders.hubert import (
     HUBERT_BASE_CONFIG,
     HUBERT_BASE_NAME,
     HUBERT_UNIT_LAYER,
@@ -27,6 +26,7 @@ from clapart_core.hubert import (
     load_hubert,
     random_hubert,
 )
+from clapart_core.encoders.spec import ModelNotFoundError
 
 TINY: dict[str, Any] = {
     "hidden_size": 32,

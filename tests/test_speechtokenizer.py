@@ -1,4 +1,4 @@
-"""clapart_core.speechtokenizer against SpeechTokenizer's own code (tests/fixtures/speechtokenizer).
+"""clapart_core.encoders.speechtokenizer against SpeechTokenizer's own code (tests/fixtures/speechtokenizer).
 
 The fixtures are the package's outputs (PyPI ``speechtokenizer`` 1.0.1, torch 2.13 CPU) for a small
 seeded random model (n_filters 8, dimension 32, strides [4, 4, 2, 2], 4 x 64 codes): codes, RVQ
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from clapart_core.speechtokenizer import (
+from clapart_core.encoders.speechtokenizer import (
     PUBLISHED_SPEECHTOKENIZER_CONFIG,
     CheckpointError,
     SpeechTokenizerConfig,

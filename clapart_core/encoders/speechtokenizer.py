@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clapart_core.checkpoints import CheckpointError, load_weights_only
+from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
 
 # The configuration of the published checkpoint (fnlp/SpeechTokenizer, speechtokenizer_hubert_avg):
 # 8 codebooks of 1024 at 50 frames/s on 16 kHz audio.

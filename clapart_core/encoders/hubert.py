@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clapart_core.clap import ModelNotFoundError
+from clapart_core.encoders.spec import ModelNotFoundError
 
 HUBERT_SAMPLE_RATE = 16_000
 HUBERT_BASE_NAME = "facebook/hubert-base-ls960"
