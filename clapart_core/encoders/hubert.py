@@ -9,6 +9,7 @@ random weights (:func:`random_hubert`), so only the weights differ. Public API::
     model = load_hubert("facebook/hubert-base-ls960")     # eval mode, float32
     feats = hubert_features(model, waves, layer=6)        # list of [S_i] 16 kHz -> list of [T_i, D]
     model = random_hubert({"num_hidden_layers": 2, ...}, seed=0)
+    extract_hubert_features(model, "data/audio/sr16000/train.h5", "train.h5", layer=6, batch_size=8)  # the features stage
 
 Frames: the convolutional feature encoder (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) has a
 receptive field of 400 samples and a hop of 320 samples, so T = (S - 400) // 320 + 1: 50 frames/s
@@ -29,13 +30,17 @@ rounding of batched matrix products; tests/test_hubert.py bounds it).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from clapart_core.encoders.clipwise import clip_outputs
+from clapart_core.encoders.extract import check_rate, parts_path
 from clapart_core.encoders.spec import ModelNotFoundError
+from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, model_fingerprint
 
 HUBERT_SAMPLE_RATE = 16_000
 HUBERT_BASE_NAME = "facebook/hubert-base-ls960"
@@ -46,6 +51,10 @@ HUBERT_BASE_NAME = "facebook/hubert-base-ls960"
 # HuBERT-Base + KM50/100/200 unit models; its reader calls fairseq's extract_features(output_layer=6).
 # The HuBERT paper's second BASE iteration also clusters the 6th layer of the first iteration.
 HUBERT_UNIT_LAYER = 6
+
+# The features stage stores frames as float16 (as BEATs'); the codebooks are fitted on, and the
+# tokens made from, those rounded values, so captioning raw audio rounds the same way.
+FEATURE_DTYPE = np.float16
 
 # Architecture of facebook/hubert-base-ls960 (its config.json; equal to transformers' HubertConfig
 # defaults). Written out so that random_hubert() needs no download. Dropout and masking values
@@ -265,3 +274,62 @@ def hubert_features(
             for j, i in enumerate(chunk):
                 out[i] = hidden[j]
     return out  # type: ignore[return-value]
+
+
+def check_layer(config: Any, layer: int) -> None:
+    """ValueError (one sentence) unless ``layer`` is a Transformer layer of a model of ``config``."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 1 <= layer <= config.num_hidden_layers:
+        raise ValueError(f"hubert.layer = {layer!r} is not a Transformer layer of this HuBERT (1..{config.num_hidden_layers})")
+
+
+def stored_features(model: Any, wave: np.ndarray, layer: int) -> np.ndarray:
+    """One clip ``[S]`` at 16 kHz -> ``[T, D]`` float32 features exactly as the features stage stores
+    them (rounded through :data:`FEATURE_DTYPE`); raises ValueError for a clip shorter than the
+    receptive field (25 ms for base)."""
+    return hubert_features(model, [wave], layer=layer)[0].astype(FEATURE_DTYPE).astype(np.float32)
+
+
+def extract_hubert_features(
+    model: Any,
+    audio_h5: str | PathLike,
+    out_h5: str | PathLike,
+    *,
+    layer: int = HUBERT_UNIT_LAYER,
+    batch_size: int = 1,
+    attrs: dict[str, Any] | None = None,
+    work_dir: Path | None = None,
+    keep_shards: bool = False,
+) -> int:
+    """The features stage for one split: every clip of a 16 kHz decoded-audio file -> HuBERT layer
+    ``layer`` features ``[T, D]`` float16 (T at 50 frames/s, D = ``hidden_size``) in one ragged HDF5.
+
+    Only clips of identical length share a forward pass (:mod:`clapart_core.encoders.clipwise`: padding
+    would change the features); clips are written in stable length order. Clips shorter than the
+    receptive field get ``T = 0``. ``attrs`` (the encoder record) go into the file's attributes,
+    with ``sample_rate``, ``frame_rate_hz``, ``dtype`` and ``layer``. Resumable: finished groups
+    are kept in ``work_dir`` (default ``{out_h5}.parts``), removed at the end unless ``keep_shards``.
+    Returns the number of clips written.
+    """
+    audio_h5, out_h5 = Path(audio_h5), Path(out_h5)
+    config = model.config
+    check_layer(config, layer)
+    dim, (field, _) = int(config.hidden_size), _conv_geometry(config)
+    info = {"sample_rate": HUBERT_SAMPLE_RATE, "frame_rate_hz": hubert_frame_rate(config), "dtype": "float16", "layer": layer, **(attrs or {})}
+    device = str(next(model.parameters()).device)
+    # batching moves float32 rounding, so batch_size is part of what the shards were computed from
+    key = {"kind": "hubert_features", "weights": model_fingerprint(model), "attrs": info, "batch_size": batch_size, "device": device}
+
+    def encode(waves: list[np.ndarray]) -> list[np.ndarray]:
+        return [f.astype(FEATURE_DTYPE) for f in hubert_features(model, waves, layer=layer, batch_size=len(waves))]
+
+    with RaggedReader(audio_h5) as reader:
+        check_rate(reader, audio_h5, HUBERT_SAMPLE_RATE, "HuBERT")
+        empty = np.zeros((0, dim), FEATURE_DTYPE)
+        run = clip_outputs(
+            reader, encode, batch_size=batch_size, min_samples=field, empty=empty, desc=f"hubert {audio_h5.stem}",
+            key=key, work_dir=work_dir or parts_path(out_h5), keep=keep_shards,
+        )
+        with run as items, RaggedWriter(out_h5, (dim,), FEATURE_DTYPE, attrs=info) as writer:
+            for clip_id, feats in items:
+                writer.append(clip_id, feats)
+        return len(reader)

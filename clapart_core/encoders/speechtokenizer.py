@@ -24,6 +24,7 @@ Public API::
     codes = model.encode(wave)                       # [B, 1, S] float 16 kHz -> [n_q, B, T] int64
     codes = speechtokenizer_codes(model, waves)      # list of [S_i] -> list of [T_i, n_q] int16
     model = random_speechtokenizer(config, seed)     # seeded random weights, any configuration
+    extract_speechtokenizer_codes(model, audio_h5, out_parquet, metadata=..., batch_size=8)  # the features stage
 
 Padding: the encoder ends in a bidirectional LSTM and pads by reflection at the clip's own end,
 so zero-padding a short clip in a batch changes its codes (13 % of a short clip's codes differ
@@ -46,7 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clapart_core.encoders.clipwise import clip_outputs
+from clapart_core.encoders.extract import check_rate, parts_path
 from clapart_core.pipeline.checkpoints import CheckpointError, load_weights_only
+from clapart_core.pipeline.storage import RaggedReader, write_tokens
 
 # The configuration of the published checkpoint (fnlp/SpeechTokenizer, speechtokenizer_hubert_avg):
 # 8 codebooks of 1024 at 50 frames/s on 16 kHz audio.
@@ -644,3 +648,42 @@ def speechtokenizer_codes(
             for j, i in enumerate(chunk):
                 out[i] = codes[j]
     return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------- stage body
+def extract_speechtokenizer_codes(
+    model: SpeechTokenizerEncoder,
+    audio_h5: str | os.PathLike,
+    out_parquet: str | os.PathLike,
+    *,
+    metadata: dict[str, Any],
+    batch_size: int = 1,
+    work_dir: Path | None = None,
+    keep_shards: bool = False,
+) -> int:
+    """The features stage for one split: every clip of a 16 kHz decoded-audio file -> SpeechTokenizer
+    codes ``[T, n_q]`` int16 (``T = ceil(S / 320)``, 50 frames/s; 8 codebooks of 1024 for the published
+    model) in one token Parquet with ``metadata`` (:func:`clapart_core.encoders.registry.token_metadata`).
+
+    Only clips of identical length share a forward pass (padding would change the codes); clips are
+    written in stable length order; an empty clip gets ``T = 0``. Resumable: finished groups are kept
+    in ``work_dir`` (default ``{out_parquet}.parts``), removed at the end unless ``keep_shards``.
+    Returns the number of clips written.
+    """
+    audio_h5, out_parquet = Path(audio_h5), Path(out_parquet)
+    if model.config.codebook_size > 2**15:
+        raise ValueError(f"codebook size {model.config.codebook_size} does not fit the token Parquet's int16 codes")
+
+    def encode(waves: list[np.ndarray]) -> list[np.ndarray]:
+        return speechtokenizer_codes(model, waves, batch_size=len(waves))
+
+    key = {"kind": "speechtokenizer_codes", "metadata": metadata, "batch_size": batch_size, "device": str(model.device)}
+    with RaggedReader(audio_h5) as reader:
+        check_rate(reader, audio_h5, model.sample_rate, "SpeechTokenizer")
+        empty = np.zeros((0, model.n_q), np.int16)
+        run = clip_outputs(
+            reader, encode, batch_size=batch_size, min_samples=1, empty=empty, desc=f"speechtokenizer {audio_h5.stem}",
+            key=key, work_dir=work_dir or parts_path(out_parquet), keep=keep_shards,
+        )
+        with run as items:
+            return write_tokens(out_parquet, items, metadata)
