@@ -3,10 +3,15 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers, CLAP on/off and the scores, as Markdown
+with token type, RVQ layers and codebook size, CLAP on/off and the scores, as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
-``rvq.layers`` for the ``beats_rvq`` runs, one line per CLAP setting. No plotting library is
-needed: the SVG is written directly.
+``rvq.layers`` for the runs whose codes come from the RVQ codebooks (``beats_rvq``, ``hubert_rvq``),
+one line per token type, codebook size and CLAP setting. No plotting library is needed: the SVG
+is written directly.
+
+``rvq.*`` applies only to the token types whose codes come from the fitted codebooks (the
+registry's ``TokenType.codebooks``); for the others the two RVQ columns are empty, whatever
+params.yaml held.
 """
 
 from __future__ import annotations
@@ -19,13 +24,16 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.scoring.metrics import notes_path
 
 COLUMNS = (
-    "run", "phase", "encoder.type", "rvq.layers", "model.use_clap",
+    "run", "phase", "encoder.type", "rvq.layers", "rvq.codebook_size", "model.use_clap",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 SCORES = "metrics/scores.json"
+#: the first score column: every column before it describes the run
+FIRST_SCORE = COLUMNS.index("spider")
 FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
 
 
@@ -54,6 +62,13 @@ def _runs(node: Any) -> Iterator[dict[str, Any]]:
 def _short(rev: str) -> str:
     """Commit shas shortened as git does; names such as ``workspace`` kept whole."""
     return rev[:7] if len(rev) == 40 and all(c in "0123456789abcdef" for c in rev) else rev
+
+
+def uses_codebooks(encoder_type: Any) -> bool:
+    """True if ``encoder_type``'s codes come from the RVQ codebooks, so that ``rvq.*`` applies to it
+    (a type this version does not know, e.g. from an old experiment, counts as not)."""
+    kind = TOKEN_TYPES.get(encoder_type) if isinstance(encoder_type, str) else None
+    return bool(kind and kind.codebooks)
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:
@@ -97,13 +112,15 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
             scores = (metrics[metrics_file] or {}).get("data")
             if not scores:
                 continue
+            rvq = uses_codebooks(_get(params, "encoder.type"))
             row = {
                 "run": run.get("name") or data.get("name") or _short(str(run.get("rev", ""))),
                 "phase": phase,
                 "encoder.type": _get(params, "encoder.type"),
-                "rvq.layers": _get(params, "rvq.layers") if _get(params, "encoder.type") == "beats_rvq" else None,
+                "rvq.layers": _get(params, "rvq.layers") if rvq else None,
+                "rvq.codebook_size": _get(params, "rvq.codebook_size") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
-                **{k: scores.get(k) for k in COLUMNS[5:] if k not in NOTE_COLUMNS},
+                **{k: scores.get(k) for k in COLUMNS[FIRST_SCORE:] if k not in NOTE_COLUMNS},
                 **{k: notes(str(run.get("rev", "")), metrics_file).get(k) for k in NOTE_COLUMNS},
             }
             key = json.dumps({k: v for k, v in row.items() if k != "run"}, sort_keys=True, default=str)
@@ -144,23 +161,36 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
-    """SPIDEr when any beats_rvq run has it, else CIDEr-D (SPICE absent)."""
-    rvq = [r for r in rows if r["encoder.type"] == "beats_rvq"]
+    """SPIDEr when any run with RVQ codebooks has it, else CIDEr-D (SPICE absent)."""
+    rvq = [r for r in rows if r["rvq.layers"] is not None]
     return "spider" if any(r.get("spider") is not None for r in rvq) else "cider_d"
 
 
+def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One label per row naming its line: the CLAP setting, plus the token type and the codebook
+    size where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, with/without CLAP)."""
+    vary_type = len({r["encoder.type"] for r in rows}) > 1
+    vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
+    labels = []
+    for r in rows:
+        parts = [str(r["encoder.type"])] if vary_type else []
+        parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
+        labels.append(", ".join([*parts, "with CLAP" if r["model.use_clap"] else "without CLAP"]))
+    return labels
+
+
 def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
-    """Plot the metric against ``rvq.layers`` (log2 axis), one line per CLAP setting; returns the metric name."""
+    """Plot the metric against ``rvq.layers`` (log2 axis) for the runs with RVQ codebooks, one line per
+    token type, codebook size and CLAP setting (:func:`_line_labels`); returns the metric name."""
     import math
 
     metric = plot_metric(rows)
+    plotted = [r for r in rows if r["rvq.layers"] and r.get(metric) is not None]
     points: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if r["encoder.type"] == "beats_rvq" and r.get(metric) is not None and r["rvq.layers"]:
-            label = "with CLAP" if r["model.use_clap"] else "without CLAP"
-            points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
+    for r, label in zip(plotted, _line_labels(plotted), strict=True):
+        points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
     if not points:
-        raise ValueError(f"no beats_rvq run with {metric} to plot")
+        raise ValueError(f"no run with RVQ codebooks (beats_rvq, hubert_rvq) has {metric} to plot")
     xs = sorted({x for pts in points.values() for x, _ in pts})
     ys = [y for pts in points.values() for _, y in pts]
     lo, hi = min(ys), max(ys)
@@ -170,10 +200,10 @@ def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 52
     lx = [math.log2(x) for x in xs]
     sx = lambda x: left + (math.log2(x) - min(lx)) / ((max(lx) - min(lx)) or 1) * (right - left)  # noqa: E731
     sy = lambda y: bottom - (y - lo) / (hi - lo) * (bottom - top)  # noqa: E731
-    colours = ["#1f77b4", "#d62728", "#2ca02c"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     svg = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
-        f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers (beats_rvq)</text>',
+        f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers</text>',
         f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="black"/>',
         f'<text x="{(left + right) / 2}" y="{height - 8}" text-anchor="middle">rvq.layers</text>',
@@ -187,7 +217,7 @@ def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 52
         path_d = " ".join(f"{'M' if j == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for j, (x, y) in enumerate(pts))
         svg.append(f'<path d="{path_d}" fill="none" stroke="{colour}" stroke-width="2"/>')
         svg += [f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{colour}"/>' for x, y in pts]
-        svg.append(f'<text x="{right - 100}" y="{top + 16 * (i + 1)}" fill="{colour}">{label}</text>')
+        svg.append(f'<text x="{right - 6}" y="{top + 16 * (i + 1)}" text-anchor="end" fill="{colour}">{label}</text>')
     svg.append("</svg>")
     Path(path).write_text("\n".join(svg) + "\n")
     return metric
