@@ -20,8 +20,8 @@ from clapart_core.captioner.inference import AudioToCodes
 from clapart_core.captioner.model_dir import write_frontend
 from clapart_core.corpus.decoded import PCM_SCALE, audio_path, read_clip
 from clapart_core.encoders.extract import iter_features
-from clapart_core.encoders.hubert import HUBERT_SAMPLE_RATE, hubert_features, hubert_num_frames
-from clapart_core.encoders.registry import SPEECH_SAMPLE_RATE, encoder_from_spec, encoder_record, token_metadata, token_type
+from clapart_core.encoders.hubert import HUBERT_BASE_CONFIG, HUBERT_SAMPLE_RATE, hubert_features, hubert_num_frames
+from clapart_core.encoders.registry import SPEECH_SAMPLE_RATE, _hubert_depth, encoder_from_spec, encoder_record, token_metadata, token_type
 from clapart_core.encoders.speechtokenizer import PUBLISHED_SPEECHTOKENIZER_CONFIG, SpeechTokenizerConfig, speechtokenizer_codes
 from clapart_core.pipeline.storage import RaggedReader, RaggedWriter, model_fingerprint, read_tokens
 from clapart_core.tokens.rvq import KMeansConfig, ResidualVQ, fit_residual_codebooks, save_codebooks
@@ -79,6 +79,8 @@ def test_the_registry_rate_is_the_modules_rate() -> None:
     assert (hubert.codebooks, hubert.suffix, hubert.sample_rate) == (True, ".h5", 16000)
     assert (st.codebooks, st.suffix, st.sample_rate) == (False, ".parquet", 16000)
     assert SpeechTokenizerConfig().frame_rate == 50.0
+    # configure's torch-free depth of the random HuBERT is the module's base configuration
+    assert _hubert_depth(None, None) == HUBERT_BASE_CONFIG["num_hidden_layers"] and _hubert_depth(None, {"num_hidden_layers": 3}) == 3
 
 
 # ---------------------------------------------------------------------------------------- HuBERT

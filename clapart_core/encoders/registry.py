@@ -312,7 +312,7 @@ class _Encodec(TokenType):
 
 # ------------------------------------------------------------------------------ speech encoders
 # HuBERT and SpeechTokenizer read 16 kHz speech (hubert.HUBERT_SAMPLE_RATE, the published
-# SpeechTokenizer config's sample_rate; tests/test_registry.py checks both against this).
+# SpeechTokenizer config's sample_rate; tests/test_speech_tokens.py checks both against this).
 SPEECH_SAMPLE_RATE = 16_000
 
 
