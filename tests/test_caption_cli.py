@@ -217,7 +217,7 @@ INSIDE = "must be a path inside the model directory (absolute paths and '..' are
         (lambda f: f["encoder"]["spec"].update(checkpoint="../../../../etc/hostname"), f"encoder.spec.checkpoint = '../../../../etc/hostname' {INSIDE}"),
         (lambda f: f["encoder"]["spec"].update(checkpoint="beats.pt"), "encoder.spec.checkpoint = 'beats.pt' is not in the model directory"),
         (lambda f: f.update(note="run me"), "has unknown field 'note' (known: clap, encoder, encoder_type, max_seconds, num_codebooks)"),
-        (lambda f: f["encoder"]["spec"].update(url="http://x"), "encoder.spec has unknown field 'url' (known: checkpoint, random, seed)"),
+        (lambda f: f["encoder"]["spec"].update(url="http://x"), "encoder.spec has unknown field 'url' (known: checkpoint, layer, random, seed)"),
         (lambda f: f.update(encoder_type="wav2vec"), "encoder_type='wav2vec' is not one of beats_rvq, beats_tokenizer, encodec"),
         (lambda f: f.update(num_codebooks=True), "num_codebooks must be an integer, got true"),
         (lambda f: f["clap"]["spec"].update(checkpoint="/models/clap"), "clap.spec.checkpoint = '/models/clap' must be a path inside the model directory"),

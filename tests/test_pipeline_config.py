@@ -19,14 +19,27 @@ def _with(**changes: object) -> dict:
     return p
 
 
-def test_rvq_layers_only_reaches_tokenize_under_beats_rvq():
-    a, b = resolve(_with(encoder__type="beats_rvq")), resolve(_with(encoder__type="beats_rvq", rvq__layers=8))
+@pytest.mark.parametrize("etype", ["beats_rvq", "hubert_rvq"])
+def test_rvq_layers_only_reaches_tokenize_under_the_codebook_types(etype):
+    a, b = resolve(_with(encoder__type=etype)), resolve(_with(encoder__type=etype, rvq__layers=8))
     assert [k for k in a if a[k] != b[k]] == ["tokenize"]
-    c = resolve(_with(encoder__type="beats_rvq", rvq__codebook_size=64))
+    c = resolve(_with(encoder__type=etype, rvq__codebook_size=64))
     assert [k for k in a if a[k] != c[k]] == ["codebooks"]
+    assert a["codebooks"]["fit"] is True and a["tokenize"] == {"type": etype, "layers": PARAMS["rvq"]["layers"]}
 
 
-@pytest.mark.parametrize("etype", ["beats_tokenizer", "encodec"])
+def test_hubert_settings_reach_only_its_features():
+    a = resolve(_with(encoder__type="hubert_rvq"))
+    assert a["features"]["encoder"] == {"checkpoint": None, "random": PARAMS["hubert"]["random"], "seed": PARAMS["seed"], "layer": 6}
+    assert a["features"]["batch_size"] == PARAMS["hubert"]["batch_size"]
+    b = resolve(_with(encoder__type="hubert_rvq", hubert__layer=3))
+    assert [k for k in a if a[k] != b[k]] == ["features"]
+    # and not the other types: a HuBERT or SpeechTokenizer setting reruns nothing under beats_rvq
+    base = resolve(_with(encoder__type="beats_rvq"))
+    assert resolve(_with(encoder__type="beats_rvq", hubert__layer=3, speechtokenizer__batch_size=1)) == base
+
+
+@pytest.mark.parametrize("etype", ["beats_tokenizer", "encodec", "speechtokenizer"])
 def test_rvq_params_do_not_apply_to_discrete_types(etype):
     a = resolve(_with(encoder__type=etype))
     b = resolve(_with(encoder__type=etype, rvq__layers=2, rvq__codebook_size=8, rvq__max_layers=4))
@@ -39,6 +52,8 @@ def test_rvq_params_do_not_apply_to_discrete_types(etype):
 def test_decode_rates_follow_encoder():
     assert resolve(_with(encoder__type="beats_rvq"))["decode"]["sample_rates"] == [16000, 48000]
     assert resolve(_with(encoder__type="encodec"))["decode"]["sample_rates"] == [24000, 48000]
+    assert resolve(_with(encoder__type="hubert_rvq"))["decode"]["sample_rates"] == [16000, 48000]
+    assert resolve(_with(encoder__type="speechtokenizer"))["decode"]["sample_rates"] == [16000, 48000]
     with pytest.raises(ValueError, match="encoder.type='wav2vec'"):
         resolve(_with(encoder__type="wav2vec"))
 
@@ -90,3 +105,37 @@ def test_preflight_refuses_max_frames_off_the_beats_grid_and_bad_layers():
     a, b = resolve(_with()), resolve(_with(beats__layer=1))
     assert [k for k in a if a[k] != b[k]] == ["features"] and b["features"]["encoder"]["layer"] == 1
     assert resolve(_with(encoder__type="encodec")) == resolve(_with(encoder__type="encodec", beats__layer=1))
+
+
+def test_preflight_checks_the_speech_types_settings(tmp_path, monkeypatch):
+    from clapart_core.pipeline.config import PreflightError, preflight
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    assert preflight(_with(encoder__type="hubert_rvq")) == [] and preflight(_with(encoder__type="speechtokenizer")) == []
+    # hubert.layer must be a layer of the model: the random one's depth, or a model directory's config.json
+    with pytest.raises(PreflightError, match=r"hubert.layer = 7 is not a Transformer layer of the random HuBERT \(hubert.random\) \(1\.\.6\)"):
+        preflight(_with(encoder__type="hubert_rvq", hubert__layer=7))
+    with pytest.raises(PreflightError, match=r"hubert.layer = 0 "):
+        preflight(_with(encoder__type="hubert_rvq", hubert__layer=0))
+    model = tmp_path / "hubert"
+    model.mkdir()
+    (model / "config.json").write_text('{"num_hidden_layers": 12}')
+    assert preflight(_with(encoder__type="hubert_rvq", hubert__checkpoint=str(model), hubert__layer=12)) == []
+    with pytest.raises(PreflightError, match=r"hubert.layer = 13 is not a Transformer layer of .*hubert.* \(1\.\.12\)"):
+        preflight(_with(encoder__type="hubert_rvq", hubert__checkpoint=str(model), hubert__layer=13))
+    with pytest.raises(PreflightError, match=r"hubert.checkpoint = .* is neither a local model directory nor in the Hugging Face cache"):
+        preflight(_with(encoder__type="hubert_rvq", hubert__checkpoint="facebook/hubert-base-ls960"))
+    # SpeechTokenizer: the checkpoint file and its config (by default beside it), both or neither
+    ckpt = tmp_path / "st" / "SpeechTokenizer.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    with pytest.raises(PreflightError, match=r"speechtokenizer.config = '.*st/config.json' does not exist"):
+        preflight(_with(encoder__type="speechtokenizer", speechtokenizer__checkpoint=str(ckpt)))
+    (ckpt.parent / "config.json").write_text("{}")
+    assert preflight(_with(encoder__type="speechtokenizer", speechtokenizer__checkpoint=str(ckpt))) == []
+    with pytest.raises(PreflightError, match=r"speechtokenizer.checkpoint = '/nope.pt' does not exist"):
+        preflight(_with(encoder__type="speechtokenizer", speechtokenizer__checkpoint="/nope.pt"))
+    with pytest.raises(PreflightError, match="speechtokenizer.config is set but speechtokenizer.checkpoint is null"):
+        preflight(_with(encoder__type="speechtokenizer", speechtokenizer__config=str(ckpt.parent / "config.json")))
+    # neither matters under another type
+    assert preflight(_with(encoder__type="beats_rvq", hubert__layer=99, speechtokenizer__checkpoint="/nope.pt")) == []

@@ -147,10 +147,24 @@ def test_pipeline_repro_noop_and_ablation(project: Path):
     assert show, "dvc exp show lists the experiments"
 
 
+def _caption_reproduces_prediction(project: Path) -> None:
+    """`clapart caption` on a test clip's raw file, with the front end rebuilt from data/model
+    (registry entry of the model's token type, its recorded spec and fingerprint), gives the
+    caption the score stage predicted for that clip."""
+    wav = sorted((project / "data/corpus/demo/audio/test").glob("*.wav"))[0]
+    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"]
+    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), *options], project)
+    lines = [line for line in cap.splitlines() if "\t" in line]
+    predicted = dict(line.split(",", 1) for line in (project / "data/predictions/test.csv").read_text().splitlines()[1:])
+    clip_id = str(wav.relative_to(project / "data/corpus/demo").with_suffix(""))
+    assert len(lines) == 1 and lines[0].split("\t", 1)[1].strip() == predicted[clip_id].strip('"')
+
+
 @pytest.mark.slow
 def test_discrete_token_types_ignore_rvq_params(project: Path):
-    """encodec / beats_tokenizer runs complete, and rvq.* changes rerun nothing under them."""
-    for etype, layers in (("encodec", 3), ("beats_tokenizer", 1)):
+    """encodec / beats_tokenizer / speechtokenizer runs complete, and rvq.* changes rerun nothing under them."""
+    codebooks = {"encodec": 16, "beats_tokenizer": 1, "speechtokenizer": 8}
+    for etype, layers in (("encodec", 3), ("beats_tokenizer", 1), ("speechtokenizer", 2)):
         params = yaml.safe_load((project / "params.yaml").read_text())
         params["encoder"]["type"] = etype
         params["model"]["use_clap"] = True
@@ -161,16 +175,45 @@ def test_discrete_token_types_ignore_rvq_params(project: Path):
 
         tokens = read_tokens(project / "data/tokens/test.parquet")
         assert tokens.metadata["encoder_type"] == etype
-        assert tokens.num_codebooks == (1 if etype == "beats_tokenizer" else 16)
+        assert tokens.num_codebooks == codebooks[etype]
         scores = json.loads((project / "metrics/scores.json").read_text())
         notes = json.loads((project / "metrics/scores_notes.json").read_text())
         assert notes["n_clips"] == len(tokens.clip_ids) and notes["encoder_type"] == etype and "cider_d" in scores
         rvq = json.loads((project / "metrics/rvq.json").read_text())
         assert rvq["applies"] is False
         # rvq.* does not apply: only the sub-second configure stage runs, with identical output
+        if etype == "speechtokenizer":  # 8 x 1024 codes at 50 Hz, captioned from a raw file
+            assert tokens.codebook_size == 1024 and tokens.metadata["frame_rate_hz"] == 50.0
+            _caption_reproduces_prediction(project)
         params["rvq"]["layers"], params["rvq"]["codebook_size"] = layers, 2 ** (layers + 2)
         (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         assert _ran(_run(["dvc", "repro"], project)) == ["configure"]
+
+
+@pytest.mark.slow
+def test_hubert_rvq_uses_the_codebooks_and_captions(project: Path):
+    """hubert_rvq: HuBERT features through the same codebooks / tokenize stages as BEATs-RVQ,
+    rvq.layers reruns tokenize -> train -> score, and the model captions a raw file."""
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["encoder"]["type"] = "hubert_rvq"
+    params["rvq"].update(layers=4, codebook_size=16)
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    ran = _ran(_run(["dvc", "repro"], project))
+    assert {"features", "codebooks", "tokenize", "train", "score"} <= set(ran)  # decode: 16 kHz already, as for speechtokenizer
+    from clapart_core.pipeline.storage import RaggedReader, read_tokens
+
+    with RaggedReader(project / "data/features/encoder/train.h5") as feats:
+        assert feats.attrs["frame_rate_hz"] == 50.0 and feats.attrs["layer"] == 6 and feats.attrs["encoder"] == "hubert"
+        assert next(iter(feats))[1].shape == (149, params["hubert"]["random"]["hidden_size"])  # 3 s at 50 frames/s
+    tokens = read_tokens(project / "data/tokens/test.parquet")
+    assert tokens.metadata["encoder_type"] == "hubert_rvq" and tokens.metadata["codebooks_file"] == "data/codebooks/rvq.npz"
+    assert (tokens.num_codebooks, tokens.codebook_size) == (4, 16)
+    assert json.loads((project / "metrics/rvq.json").read_text())["applies"] is True
+    assert (project / "data/model/rvq.npz").is_file()
+    _caption_reproduces_prediction(project)
+    params["rvq"]["layers"] = 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert _ran(_run(["dvc", "repro"], project)) == ["configure", "tokenize", "train", "score"]
 
 
 @pytest.mark.slow

@@ -49,6 +49,29 @@ def test_params_is_demo_profile_and_keys_match():
     assert paper["model"]["max_frames"] == 1016 and paper["beats"]["layer"] is None
 
 
+def _differences(a: dict, b: dict, prefix: str = "") -> dict[str, tuple]:
+    """Leaf keys whose values differ between two params dicts: ``{dotted key: (a, b)}``."""
+    out = {}
+    for k in a:
+        if isinstance(a[k], dict) and isinstance(b[k], dict):
+            out |= _differences(a[k], b[k], f"{prefix}{k}.")
+        elif a[k] != b[k]:
+            out[f"{prefix}{k}"] = (a[k], b[k])
+    return out
+
+
+def test_large_profiles_are_the_base_ones_with_enclap_large_recipe():
+    """EnCLAP-large (jaeyeonkim99/EnCLAP cfg/audiocaps/large.yaml, cfg/clotho_finetune/large.yaml):
+    facebook/bart-large, batch 64, peak lr 3e-5; its Clotho fine-tune lr 1.25e-5; nothing else changes."""
+    load = lambda name: yaml.safe_load((ROOT / f"profiles/{name}.yaml").read_text())  # noqa: E731
+    large_recipe = {"model.pretrained": ("facebook/bart-base", "facebook/bart-large"), "train.batch_size": (16, 64), "train.lr": (6.5e-5, 3e-5)}
+    assert _differences(load("paper-audiocaps"), load("paper-audiocaps-large")) == large_recipe
+    assert _differences(load("paper-clotho"), load("paper-clotho-large")) == {**large_recipe, "finetune.clotho.train.lr": (2e-5, 1.25e-5)}
+    phase = phase_params(load("paper-clotho-large"), "clotho")
+    assert (phase["train"]["lr"], phase["train"]["warmup_steps"], phase["train"]["batch_size"]) == (1.25e-5, 0, 64)
+    assert phase["model"]["pretrained"] == "facebook/bart-large"
+
+
 def test_switch_and_back(tmp_path, monkeypatch):
     shutil.copytree(ROOT / "profiles", tmp_path / "profiles")
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
@@ -59,7 +82,10 @@ def test_switch_and_back(tmp_path, monkeypatch):
     assert runner.invoke(app, ["profile", "demo"]).exit_code == 0
     assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     # unknown profile, and local edits that no profile holds, are refused
-    assert "available: demo, paper-audiocaps, paper-clotho" in runner.invoke(app, ["profile", "nope"]).output
+    assert "available: demo, paper-audiocaps, paper-audiocaps-large, paper-clotho, paper-clotho-large" in runner.invoke(app, ["profile", "nope"]).output
+    for name in ("paper-audiocaps-large", "paper-clotho-large", "demo"):
+        assert runner.invoke(app, ["profile", name]).exit_code == 0
+        assert (tmp_path / "params.yaml").read_bytes() == (tmp_path / f"profiles/{name}.yaml").read_bytes()
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     refused = runner.invoke(app, ["profile", "demo"])
     assert refused.exit_code == 2 and (tmp_path / "params.yaml").read_text() == "seed: 1\n"

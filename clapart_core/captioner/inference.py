@@ -34,13 +34,13 @@ from clapart_core.captioner.frontend import load_frontend, local_spec
 from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model_dir import CODEBOOKS_FILE, ModelDirError, load_captioner, max_caption_length, read_config
 from clapart_core.corpus.audio import MIN_CLIP_SECONDS, AudioDecodeError, audio_info, load_audio, pad_to_min_length
+from clapart_core.corpus.decoded import PCM_SCALE
 from clapart_core.encoders.registry import TokenType, encoder_from_spec, token_type
 from clapart_core.pipeline.storage import model_fingerprint
 from clapart_core.tokens.rvq import ResidualVQ, load_codebooks
 
 log = logging.getLogger(__name__)
 
-PCM_SCALE = 32767.0  # the decode stage stores int16 PCM: waves are rounded to that grid so codes match
 
 
 def _check_fingerprint(what: str, model: torch.nn.Module, expected: str) -> None:
@@ -53,6 +53,7 @@ def _check_fingerprint(what: str, model: torch.nn.Module, expected: str) -> None
 
 
 def _pcm_grid(wave: np.ndarray) -> np.ndarray:
+    # the decode stage stores int16 PCM: waves are rounded to that grid so codes match
     return (np.round(wave * PCM_SCALE) / PCM_SCALE).astype(np.float32)
 
 
@@ -113,6 +114,11 @@ class AudioToCodes:
     def __call__(self, wave: np.ndarray) -> np.ndarray:
         """``[S]`` float32 at :attr:`sample_rate`, at least one patch long -> codes ``[T, N]`` int16."""
         return self.encoder.codes(wave, self.rvq)
+
+    def file(self, path: Path) -> np.ndarray:
+        """A whole audio file (any format, rate, channel count) -> codes, as decode + features (+
+        tokenize) make them from the same file (no crop, no padding: see ``CaptionPipeline`` for those)."""
+        return self(_pcm_grid(load_audio(path, self.sample_rate)))
 
 
 @dataclass

@@ -14,7 +14,14 @@ beats_rvq         16 kHz   RVQ codebooks   BEATs patch features ``{split}.h5`` (
                                            quantises them with the fitted codebooks
 beats_tokenizer   16 kHz   the encoder     BEATs-AT codes ``{split}.parquet`` ([T, 1])
 encodec           24 kHz   the encoder     EnCodec codes ``{split}.parquet`` ([T, N], 16 at 12 kbps)
+hubert_rvq        16 kHz   RVQ codebooks   HuBERT layer features ``{split}.h5`` ([T, D] fp16, 50/s);
+                                           quantised by ``tokenize`` like BEATs-RVQ
+speechtokenizer   16 kHz   the encoder     SpeechTokenizer codes ``{split}.parquet`` ([T, 8], 50/s)
 ================  =======  ==============  ==================================================
+
+A type whose codes come from the codebooks (``codebooks=True``) writes features with the encoder
+record in the file's attributes (:func:`feature_attrs`); ``codebooks`` and ``tokenize`` serve it
+unchanged. A type with its own codes writes the token Parquet itself; ``rvq.*`` never reaches it.
 
 Importing this module imports neither torch nor an encoder (the configure stage reads it in well
 under a second); the methods that run a model import its module.
@@ -34,6 +41,7 @@ from clapart_core.encoders.spec import (
     ENCODEC_SAMPLE_RATE,
     check_random_size,
     checkpoint_or_random,
+    parameters_on_meta,
 )
 
 if TYPE_CHECKING:
@@ -115,6 +123,17 @@ class TokenType:
             "device": s["device"],
             "bf16": s["bf16"] if self.bf16 else False,
         }
+
+    # ------------------------------------------------------------------ configure's preflight
+    def model_files(self, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        """``(params key, value)`` of every file or hub model this type's encoder loads, for the
+        preflight (:func:`clapart_core.pipeline.config.preflight`; :attr:`checkpoint` says which
+        kind); a value of None loads nothing (the seeded random model)."""
+        return [(f"{self.section}.checkpoint", params[self.section]["checkpoint"])]
+
+    def check(self, params: dict[str, Any]) -> None:
+        """Refuse, before any long stage, settings of this type that cannot work: ValueError with one
+        sentence naming the key. Needs no torch and no model (configure runs in well under a second)."""
 
     # ----------------------------------------------------------------- model-facing, per subclass
     def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
@@ -215,6 +234,13 @@ def token_metadata(
     return {**meta, "encoder_type": kind.name, "encoder": encoder, "freq_patches": kind.freq_patches, **more}
 
 
+def feature_attrs(encoder: Encoder, extra: dict[str, Any]) -> dict[str, Any]:
+    """The attributes of a features file (types with codebooks): the encoder record, so that
+    ``tokenize`` and ``clapart caption`` rebuild exactly this encoder and the fingerprint proves it."""
+    record = encoder.record()
+    return {"encoder": record["name"], "spec": record["spec"], "pretrained": record["pretrained"], "weights_sha256": record["weights_sha256"], **extra}
+
+
 # --------------------------------------------------------------------------------------- BEATs
 class _Beats(TokenType):
     """Both BEATs types: one clip's valid patches through the model, for captioning raw audio."""
@@ -255,9 +281,7 @@ class _BeatsRvq(_Beats):
     ) -> int:
         from clapart_core.encoders.beats_extract import extract_beats_features
 
-        # the spec lets `tokenize` and `clapart caption` rebuild exactly this encoder; the fingerprint proves it did
-        record = encoder.record()
-        attrs = {"encoder": record["name"], "spec": record["spec"], "pretrained": record["pretrained"], "weights_sha256": record["weights_sha256"], **extra}
+        attrs = feature_attrs(encoder, extra)
         return extract_beats_features(
             encoder.model, audio_h5, out, batch_size=batch_size, device=encoder.device, bf16=bf16, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards,
             layer=encoder.spec.get("layer"),
@@ -346,6 +370,147 @@ class _Encodec(TokenType):
         return encoder.model.encode(wave, encoder.spec["bandwidth"]).astype(np.int16)
 
 
+# ------------------------------------------------------------------------------ speech encoders
+# HuBERT and SpeechTokenizer read 16 kHz speech (hubert.HUBERT_SAMPLE_RATE, the published
+# SpeechTokenizer config's sample_rate; tests/test_speech_tokens.py checks both against this).
+SPEECH_SAMPLE_RATE = 16_000
+
+
+class _HubertRvq(TokenType):
+    """HuBERT layer features (default layer 6), quantised by ``tokenize`` with the residual k-means
+    codebooks exactly as BEATs-RVQ: a speech-trained semantic encoder in the CLAP-ART recipe."""
+
+    def check(self, params: dict[str, Any]) -> None:
+        import json
+
+        s = params[self.section]
+        layers = _hubert_depth(s["checkpoint"], s["random"])
+        layer = s["layer"]
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer < 1 or (layers is not None and layer > layers):
+            where = f"1..{layers}" if layers is not None else "a positive integer"
+            model = json.dumps(s["checkpoint"]) if s["checkpoint"] else "the random HuBERT (hubert.random)"
+            raise ValueError(f"hubert.layer = {layer!r} is not a Transformer layer of {model} ({where})")
+
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        from transformers import HubertConfig, HubertModel
+
+        from clapart_core.encoders.hubert import HUBERT_BASE_CONFIG
+
+        return parameters_on_meta(lambda: HubertModel(HubertConfig(**{**HUBERT_BASE_CONFIG, **(overrides or {})})))
+
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
+        from clapart_core.encoders.hubert import check_layer, load_hubert, random_hubert
+
+        def load(name: str) -> Any:
+            return load_hubert(name, local_files_only=local_files_only)
+
+        model = checkpoint_or_random(spec, load, random_hubert, "HuBERT", self.random_parameters).to(device)
+        check_layer(model.config, spec["layer"])
+        return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        from clapart_core.encoders.hubert import extract_hubert_features
+
+        attrs = feature_attrs(encoder, extra)
+        return extract_hubert_features(
+            encoder.model, audio_h5, out, layer=encoder.spec["layer"], batch_size=batch_size, attrs=attrs, work_dir=work_dir, keep_shards=keep_shards
+        )
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        import numpy as np
+        import torch
+
+        from clapart_core.encoders.hubert import stored_features
+
+        try:
+            feats = stored_features(encoder.model, wave, encoder.spec["layer"])
+        except ValueError:
+            raise ValueError("shorter than HuBERT's receptive field (25 ms), nothing to caption") from None
+        return rvq.encode(torch.from_numpy(feats)).numpy().astype(np.int16)
+
+
+def _hubert_depth(checkpoint: str | None, random: dict[str, Any] | None) -> int | None:
+    """Transformer layers of the HuBERT a ``hubert`` section names, without torch: the random config's
+    (12, HuBERT base's, unless overridden), a local model directory's or a cached hub model's
+    ``config.json``; None where only loading the model would tell."""
+    import json
+
+    if not checkpoint:
+        return int((random or {}).get("num_hidden_layers", 12))
+    config = Path(checkpoint) / "config.json"
+    if not config.is_file():
+        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub.errors import HFValidationError
+
+        try:
+            cached = try_to_load_from_cache(checkpoint, "config.json")
+        except HFValidationError:
+            return None
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
+    try:
+        return int(json.loads(config.read_text())["num_hidden_layers"])
+    except (ValueError, KeyError, TypeError, OSError):
+        return None  # the loader names a broken config
+
+
+def _speechtokenizer_config(config: str | None, checkpoint: str) -> str:
+    """``speechtokenizer.config``, or where the package keeps it when null: ``config.json`` in the
+    folder of ``SpeechTokenizer.pt`` (fnlp/SpeechTokenizer's layout)."""
+    return config or str(Path(checkpoint).parent / "config.json")
+
+
+class _SpeechTokenizer(TokenType):
+    """SpeechTokenizer's own RVQ codes (8 x 1024 at 50 Hz; layer 1 distilled from HuBERT)."""
+
+    def model_files(self, params: dict[str, Any]) -> list[tuple[str, str | None]]:
+        s = params[self.section]
+        if not s["checkpoint"]:
+            return []
+        return [(f"{self.section}.checkpoint", s["checkpoint"]), (f"{self.section}.config", _speechtokenizer_config(s["config"], s["checkpoint"]))]
+
+    def check(self, params: dict[str, Any]) -> None:
+        s = params[self.section]
+        if s["config"] and not s["checkpoint"]:
+            raise ValueError("speechtokenizer.config is set but speechtokenizer.checkpoint is null: give both, or neither for the random model")
+
+    def random_parameters(self, overrides: dict[str, Any] | None) -> int:
+        from clapart_core.encoders.speechtokenizer import PUBLISHED_SPEECHTOKENIZER_CONFIG, SpeechTokenizerConfig, SpeechTokenizerEncoder
+
+        config = SpeechTokenizerConfig.from_dict({**PUBLISHED_SPEECHTOKENIZER_CONFIG, **(overrides or {})})
+        return parameters_on_meta(lambda: SpeechTokenizerEncoder(config))
+
+    def build(self, spec: dict[str, Any], device: str, local_files_only: bool = False) -> Encoder:
+        # local files only by nature: a checkpoint file and its config.json, no hub
+        from clapart_core.encoders.speechtokenizer import load_speechtokenizer, random_speechtokenizer
+
+        def load(checkpoint: str) -> Any:
+            return load_speechtokenizer(_speechtokenizer_config(spec.get("config"), checkpoint), checkpoint)
+
+        model = checkpoint_or_random(spec, load, random_speechtokenizer, "SpeechTokenizer", self.random_parameters).to(device)
+        return Encoder(self, model, model, spec, bool(spec.get("checkpoint")), device)
+
+    def extract(
+        self, encoder: Encoder, audio_h5: Path, out: Path, *, batch_size: int, bf16: bool, work_dir: Path | None, keep_shards: bool, extra: dict[str, Any]
+    ) -> int:
+        from clapart_core.encoders.speechtokenizer import extract_speechtokenizer_codes
+
+        config = encoder.model.config
+        rates = {"sample_rate": config.sample_rate, "frame_rate_hz": config.frame_rate}
+        meta = token_metadata(self, config.n_q, config.codebook_size, encoder.record(), **rates, **extra)
+        return extract_speechtokenizer_codes(encoder.model, audio_h5, out, metadata=meta, batch_size=batch_size, work_dir=work_dir, keep_shards=keep_shards)
+
+    def codes(self, encoder: Encoder, wave: np.ndarray, rvq: Any) -> np.ndarray:
+        from clapart_core.encoders.speechtokenizer import speechtokenizer_codes
+
+        if len(wave) == 0:
+            raise ValueError("empty, nothing to caption")
+        return speechtokenizer_codes(encoder.model, [wave])[0]
+
+
 _BEATS_CHECKPOINTS = "the official checkpoint (microsoft/unilm on GitHub, beats/ README)"
 
 TOKEN_TYPES: dict[str, TokenType] = {
@@ -362,6 +527,15 @@ TOKEN_TYPES: dict[str, TokenType] = {
         _Encodec(
             "encodec", section="encodec", encoder_name="encodec", sample_rate=ENCODEC_SAMPLE_RATE, codebooks=False, freq_patches=1,
             checkpoint="hub", checkpoint_hint="facebook/encodec_24khz", batched=False, spec_keys=("bandwidth",),
+        ),
+        _HubertRvq(
+            "hubert_rvq", section="hubert", encoder_name="hubert", sample_rate=SPEECH_SAMPLE_RATE, codebooks=True, freq_patches=1,
+            checkpoint="hub", checkpoint_hint="facebook/hubert-base-ls960", spec_keys=("layer",),
+        ),
+        _SpeechTokenizer(
+            "speechtokenizer", section="speechtokenizer", encoder_name="speechtokenizer", sample_rate=SPEECH_SAMPLE_RATE, codebooks=False,
+            freq_patches=1, checkpoint="file", checkpoint_hint="speechtokenizer_hubert_avg/SpeechTokenizer.pt and config.json of fnlp/SpeechTokenizer",
+            spec_keys=("config",),
         ),
     )
 }

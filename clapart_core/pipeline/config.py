@@ -1,9 +1,9 @@
 """Resolve ``params.yaml`` into the settings each token-producing stage actually uses.
 
-Why a stage for this: which keys matter depends on ``encoder.type``. Under ``beats_rvq`` the
-codebook fit reads ``rvq.max_layers``/``rvq.codebook_size``/``rvq.kmeans.*`` and tokenisation
-reads ``rvq.layers``; under ``beats_tokenizer`` or ``encodec`` the codes come straight from the
-encoder and no ``rvq.*`` key applies. DVC's ``params:`` lists are static, so a stage that listed
+Why a stage for this: which keys matter depends on ``encoder.type``. Under ``beats_rvq`` (and
+``hubert_rvq``) the codebook fit reads ``rvq.max_layers``/``rvq.codebook_size``/``rvq.kmeans.*``
+and tokenisation reads ``rvq.layers``; under ``beats_tokenizer``, ``encodec`` or
+``speechtokenizer`` the codes come straight from the encoder and no ``rvq.*`` key applies. DVC's ``params:`` lists are static, so a stage that listed
 ``rvq.layers`` would rerun under ``encodec`` whenever it changed. Instead the cheap ``configure``
 stage (no torch import, well under a second) lists every such key and writes one small JSON per
 stage holding only what applies; the stages depend on those files. When an inapplicable key
@@ -122,11 +122,15 @@ def preflight(params: dict[str, Any]) -> list[str]:
     the corpus root of every phase must be a folder (unless generated or downloaded).
     Raises :class:`PreflightError` (one line) on the first problem; returns notes.
     """
-    kind = token_type(params["encoder"]["type"])
+    kind = token_type(params["encoder"]["type"])  # a known type: validate_params checked it
+    try:  # the type's own settings (e.g. hubert.layer), as its registry entry checks them
+        kind.check(params)
+    except ValueError as err:
+        raise PreflightError(f"params.yaml: {err}") from None
     files: list[tuple[str, str | None, str]] = []
     hub: list[tuple[str, str | None, str]] = []
-    encoder = (f"{kind.section}.checkpoint", params[kind.section]["checkpoint"], kind.checkpoint_hint)
-    (files if kind.checkpoint == "file" else hub).append(encoder)
+    for key, value in kind.model_files(params):  # what the type's encoder loads, per its registry entry
+        (files if kind.checkpoint == "file" else hub).append((key, value, kind.checkpoint_hint))
     hub.append(("clap.checkpoint", params["clap"]["checkpoint"], "laion/clap-htsat-fused"))
     hub.append(("model.pretrained", params["model"]["pretrained"], "facebook/bart-base"))
     hub.append(("model.tokenizer", params["model"]["tokenizer"], "facebook/bart-base"))

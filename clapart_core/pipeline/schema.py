@@ -138,6 +138,14 @@ class EncoderSettings(Section):
     device: Device
 
 
+class Hubert(EncoderSettings):
+    layer: PositiveInt  # the Transformer layer quantised (the preflight checks it exists in the model)
+
+
+class SpeechTokenizer(EncoderSettings):
+    config: str | None  # its config.json; None: beside the checkpoint
+
+
 class Beats(EncoderSettings):
     bf16: bool
     layer: PositiveInt | None  # None: the last layer (what "BEATs features" means in the paper)
@@ -256,6 +264,8 @@ class Params(Section):
     beats: Beats
     beats_tokenizer: EncoderSettings
     encodec: Encodec
+    hubert: Hubert
+    speechtokenizer: SpeechTokenizer
     clap: Clap
     rvq: Rvq
     model: Model

@@ -3,11 +3,12 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers, CLAP on/off and the scores, followed by one row per other epoch
+with token type, RVQ layers and codebook size, CLAP on/off and the scores, followed by one row per other epoch
 ``train.keep_best`` kept (from ``scores_epochs.json`` beside the scores: column ``epoch``, and
 ``selected`` False), as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
-``rvq.layers`` for the runs of an RVQ token type (BEATs-RVQ), one line per CLAP setting. No plotting library is
+``rvq.layers`` for the runs whose codes come from the RVQ codebooks (``beats_rvq``, ``hubert_rvq``),
+one line per token type, codebook size and CLAP setting. No plotting library is
 needed: the SVG is written directly.
 """
 
@@ -25,7 +26,7 @@ from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
-    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "model.use_clap",
+    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "model.use_clap",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
@@ -34,10 +35,11 @@ SCORES = "metrics/scores.json"
 FINETUNE_SCORES = re.compile(r"^metrics/finetune/(?P<name>[^/]+)/scores\.json$")
 
 
-def _uses_rvq(encoder_type: str | None) -> bool:
-    """Whether runs of this token type read RVQ codebooks (so ``rvq.layers`` means something);
-    False for a discrete type and for a type this version does not know (an old experiment)."""
-    return encoder_type in TOKEN_TYPES and TOKEN_TYPES[encoder_type].codebooks
+def uses_codebooks(encoder_type: Any) -> bool:
+    """True if ``encoder_type``'s codes come from the RVQ codebooks, so that ``rvq.*`` applies to it
+    (a type this version does not know, e.g. from an old experiment, counts as not)."""
+    kind = TOKEN_TYPES.get(encoder_type) if isinstance(encoder_type, str) else None
+    return bool(kind and kind.codebooks)
 
 
 def _phase(metrics_file: str) -> str | None:
@@ -121,13 +123,15 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
                 continue
             rev = str(run.get("rev", ""))
             kept = epochs(rev, metrics_file)
+            rvq = uses_codebooks(_get(params, "encoder.type"))
             row = {
                 "run": run.get("name") or data.get("name") or _short(rev),
                 "phase": phase,
                 "epoch": kept.get("selected_epoch"),
                 "selected": True,
                 "encoder.type": _get(params, "encoder.type"),
-                "rvq.layers": _get(params, "rvq.layers") if _uses_rvq(_get(params, "encoder.type")) else None,
+                "rvq.layers": _get(params, "rvq.layers") if rvq else None,
+                "rvq.codebook_size": _get(params, "rvq.codebook_size") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
@@ -175,25 +179,38 @@ def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
 
 
 def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
-    """SPIDEr when any RVQ-token run has it, else CIDEr-D (SPICE absent)."""
-    rvq = [r for r in rows if _uses_rvq(r["encoder.type"])]
+    """SPIDEr when any run with RVQ codebooks has it, else CIDEr-D (SPICE absent)."""
+    rvq = [r for r in rows if r["rvq.layers"] is not None]
     return "spider" if any(r.get("spider") is not None for r in rvq) else "cider_d"
 
 
+def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One label per row naming its line: the CLAP setting, plus the token type and the codebook
+    size where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, with/without CLAP)."""
+    vary_type = len({r["encoder.type"] for r in rows}) > 1
+    vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
+    labels = []
+    for r in rows:
+        parts = [str(r["encoder.type"])] if vary_type else []
+        parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
+        labels.append(", ".join([*parts, "with CLAP" if r["model.use_clap"] else "without CLAP"]))
+    return labels
+
+
 def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
-    """Plot the metric against ``rvq.layers`` (log2 axis), one line per CLAP setting, of each run's
+    """Plot the metric against ``rvq.layers`` (log2 axis) for the runs with RVQ codebooks, one line per
+    token type, codebook size and CLAP setting (:func:`_line_labels`), one point per run: its
     selected epoch (rows of other kept epochs are left out); returns the metric name."""
     import math
 
-    rows = [r for r in rows if r.get("selected", True)]  # one point per run: its selected epoch
+    rows = [r for r in rows if r.get("selected", True)]
     metric = plot_metric(rows)
+    plotted = [r for r in rows if r["rvq.layers"] and r.get(metric) is not None]
     points: dict[str, list[tuple[int, float]]] = {}
-    for r in rows:
-        if _uses_rvq(r["encoder.type"]) and r.get(metric) is not None and r["rvq.layers"]:
-            label = "with CLAP" if r["model.use_clap"] else "without CLAP"
-            points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
+    for r, label in zip(plotted, _line_labels(plotted), strict=True):
+        points.setdefault(label, []).append((int(r["rvq.layers"]), float(r[metric])))
     if not points:
-        raise ValueError(f"no RVQ-token run with {metric} to plot")
+        raise ValueError(f"no run with RVQ codebooks (beats_rvq, hubert_rvq) has {metric} to plot")
     xs = sorted({x for pts in points.values() for x, _ in pts})
     ys = [y for pts in points.values() for _, y in pts]
     lo, hi = min(ys), max(ys)
@@ -203,7 +220,7 @@ def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 52
     lx = [math.log2(x) for x in xs]
     sx = lambda x: left + (math.log2(x) - min(lx)) / ((max(lx) - min(lx)) or 1) * (right - left)  # noqa: E731
     sy = lambda y: bottom - (y - lo) / (hi - lo) * (bottom - top)  # noqa: E731
-    colours = ["#1f77b4", "#d62728", "#2ca02c"]
+    colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     svg = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
         f'<text x="{width / 2}" y="18" text-anchor="middle">{metric} vs RVQ layers</text>',
