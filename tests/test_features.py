@@ -34,7 +34,8 @@ def decoded(tmp_path_factory):
     manifest = pa.Table.from_pylist(rows)
     out = tmp_path_factory.mktemp("audio")
     report = decode_split(manifest, root, "train", out, [16000, 48000], max_seconds=None, on_error="skip")
-    assert report.n_decoded == 4 and [s["clip_id"] for s in report.skipped] == ["c2"]  # 0.1 s < one BEATs patch
+    # 0.1 s < one BEATs patch: padded with silence to 0.175 s and flagged, not skipped
+    assert report.n_decoded == 5 and not report.skipped and [f["clip_id"] for f in report.flagged] == ["c2"]
     return out, seconds
 
 
@@ -42,7 +43,8 @@ def test_decode_store_holds_each_rate(decoded):
     out, seconds = decoded
     for sr in (16000, 48000):
         with RaggedReader(audio_path(out, sr, "train")) as r:
-            assert r.clip_ids == ["c0", "c1", "c3", "c4"] and int(r.attrs["sample_rate"]) == sr
+            assert r.clip_ids == ["c0", "c1", "c2", "c3", "c4"] and int(r.attrs["sample_rate"]) == sr
+            assert r.length("c2") == round(0.175 * sr)  # padded to one BEATs patch
             for i, s in enumerate(seconds):
                 if i == 2:
                     continue
@@ -59,17 +61,18 @@ def test_beats_features_do_not_depend_on_batching(decoded, tmp_path):
     with RaggedReader(audio_path(out, 16000, "train")) as src, RaggedWriter(audio, (), np.int16, attrs=src.attrs) as w:
         for cid, pcm in src:
             w.append(cid, pcm)
-        w.append("c2", np.full(1600, 1000, np.int16))
+        w.append("short", np.full(1600, 1000, np.int16))
     model = random_beats(TINY_BEATS, seed=3)
     one, many = tmp_path / "b1.h5", tmp_path / "b4.h5"
     extract_beats_features(model, audio, one, batch_size=1)
     extract_beats_features(model, audio, many, batch_size=4)
     with RaggedReader(one) as a, RaggedReader(many) as b, RaggedReader(audio) as audio:
-        assert sorted(a.clip_ids) == sorted(b.clip_ids) == [f"c{i}" for i in range(5)]
+        assert sorted(a.clip_ids) == sorted(b.clip_ids) == sorted([f"c{i}" for i in range(5)] + ["short"])
         for cid in a.clip_ids:
             assert a.length(cid) == num_patches(audio.length(cid))
             np.testing.assert_allclose(a[cid].astype(np.float32), b[cid].astype(np.float32), atol=2e-2, rtol=0)
-        assert a.length("c2") == 0  # 0.1 s is shorter than one patch: no frames
+        assert a.length("short") == 0  # 0.1 s is shorter than one patch: no frames
+        assert a.length("c2") == 8  # the decode stage padded its 0.1 s clip to one patch: 8 frequency patches
         assert a["c0"].dtype == np.float16 and a["c0"].shape[1] == 32
 
 
