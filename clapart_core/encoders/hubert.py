@@ -154,7 +154,7 @@ def load_hubert(name_or_dir: str = HUBERT_BASE_NAME, device: str | torch.device 
     return model.eval().requires_grad_(False).to(device)
 
 
-def _conv_geometry(config: Any) -> tuple[int, int]:
+def conv_geometry(config: Any) -> tuple[int, int]:
     """(receptive field, hop) in samples of the convolutional feature encoder: (400, 320) for base."""
     field, hop = 1, 1
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
@@ -178,7 +178,7 @@ def hubert_num_frames(num_samples: int, config: Any) -> int:
 
 def hubert_frame_rate(config: Any, sample_rate: int = HUBERT_SAMPLE_RATE) -> float:
     """Frames per second: ``sample_rate / hop`` (50.0 for HuBERT base at 16 kHz)."""
-    return sample_rate / _conv_geometry(config)[1]
+    return sample_rate / conv_geometry(config)[1]
 
 
 class _StopAfterLayer(Exception):  # control flow, not an error
@@ -246,7 +246,7 @@ def hubert_features(
         raise ValueError(f"HuBERT layer must be in 1..{config.num_hidden_layers}, got {layer}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    field, _ = _conv_geometry(config)
+    field, _ = conv_geometry(config)
     arrays = []
     for i, w in enumerate(waves):
         a = np.asarray(w, dtype=np.float32)
@@ -314,7 +314,7 @@ def extract_hubert_features(
     audio_h5, out_h5 = Path(audio_h5), Path(out_h5)
     config = model.config
     check_layer(config, layer)
-    dim, (field, _) = int(config.hidden_size), _conv_geometry(config)
+    dim, (field, _) = int(config.hidden_size), conv_geometry(config)
     info = {"sample_rate": HUBERT_SAMPLE_RATE, "frame_rate_hz": hubert_frame_rate(config), "dtype": "float16", "layer": layer, **(attrs or {})}
     device = str(next(model.parameters()).device)
     # batching moves float32 rounding, so batch_size is part of what the shards were computed from

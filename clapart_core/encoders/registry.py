@@ -380,6 +380,16 @@ class _HubertRvq(TokenType):
     """HuBERT layer features (default layer 6), quantised by ``tokenize`` with the residual k-means
     codebooks exactly as BEATs-RVQ: a speech-trained semantic encoder in the CLAP-ART recipe."""
 
+    def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
+        from transformers import HubertConfig
+
+        from clapart_core.encoders.hubert import HUBERT_BASE_CONFIG, conv_geometry
+
+        # T frames need field + hop (T - 1) samples; published HuBERTs keep base's 400 / 320 geometry
+        overrides = {} if spec.get("checkpoint") else (spec.get("random") or {})
+        field, hop = conv_geometry(HubertConfig(**{**HUBERT_BASE_CONFIG, **overrides}))
+        return (field + hop * (int(n_codes) - 1)) / self.sample_rate
+
     def check(self, params: dict[str, Any]) -> None:
         import json
 
@@ -465,6 +475,13 @@ def _speechtokenizer_config(config: str | None, checkpoint: str) -> str:
 
 class _SpeechTokenizer(TokenType):
     """SpeechTokenizer's own RVQ codes (8 x 1024 at 50 Hz; layer 1 distilled from HuBERT)."""
+
+    def input_seconds(self, n_codes: int, spec: dict[str, Any]) -> float:
+        from clapart_core.encoders.speechtokenizer import PUBLISHED_SPEECHTOKENIZER_CONFIG, SpeechTokenizerConfig
+
+        # T = ceil(S / hop); a published checkpoint has the published strides (hop 320)
+        overrides = {} if spec.get("checkpoint") else (spec.get("random") or {})
+        return int(n_codes) * SpeechTokenizerConfig.from_dict({**PUBLISHED_SPEECHTOKENIZER_CONFIG, **overrides}).hop_length / self.sample_rate
 
     def model_files(self, params: dict[str, Any]) -> list[tuple[str, str | None]]:
         s = params[self.section]
