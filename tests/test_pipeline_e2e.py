@@ -152,12 +152,13 @@ def _caption_reproduces_prediction(project: Path) -> None:
     (registry entry of the model's token type, its recorded spec and fingerprint), gives the
     caption the score stage predicted for that clip."""
     wav = sorted((project / "data/corpus/demo/audio/test").glob("*.wav"))[0]
-    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20"]
-    cap = _run([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), *options], project)
-    lines = [line for line in cap.splitlines() if "\t" in line]
-    predicted = dict(line.split(",", 1) for line in (project / "data/predictions/test.csv").read_text().splitlines()[1:])
-    clip_id = str(wav.relative_to(project / "data/corpus/demo").with_suffix(""))
-    assert len(lines) == 1 and lines[0].split("\t", 1)[1].strip() == predicted[clip_id].strip('"')
+    options = ["--model", "data/model", "--device", "cpu", "--num-beams", "2", "--max-length", "20", "--format", "jsonl"]
+    out = _run_stdout([sys.executable, "-m", "clapart_core.cli", "caption", str(wav), *options], project)
+    records = [json.loads(line) for line in out.splitlines() if line.strip()]
+    with (project / "data/predictions/test.csv").open(newline="") as f:
+        predicted = {row["file_name"]: row["caption_predicted"] for row in csv.DictReader(f)}
+    file_name = wav.relative_to(project / "data/corpus/demo").as_posix()  # the corpus CSV's id, as the score stage writes it
+    assert len(records) == 1 and records[0]["caption"] == predicted[file_name]
 
 
 @pytest.mark.slow
