@@ -14,8 +14,11 @@ from clapart_core.pipeline.resume import discard
 if __name__ == "__main__":
     params, ws = start_stage("clap")
     cfg = params["clap"]
-    encoder = load_clap(cfg["checkpoint"], resolve_device(cfg["device"])) if cfg["checkpoint"] else random_clap(seed=params["seed"])
-    spec = {"checkpoint": cfg["checkpoint"], "seed": params["seed"]}
+    device = resolve_device(cfg["device"])
+    encoder = load_clap(cfg["checkpoint"], device) if cfg["checkpoint"] else random_clap(cfg["random"], seed=params["seed"])
+    encoder.model.to(device)  # a random CLAP is built on the CPU; it runs where clap.device says too
+    # the spec lets `clapart caption` rebuild exactly this CLAP (random: its size overrides)
+    spec = {"checkpoint": cfg["checkpoint"], "random": cfg["random"], "seed": params["seed"]}
     attrs = {"encoder": "clap", "spec": spec, "pretrained": encoder.pretrained, "weights_sha256": model_fingerprint(encoder.model)}
     for split in SPLITS:
         extract_clap_embeddings(

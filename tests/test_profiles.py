@@ -53,7 +53,7 @@ def test_switch_and_back(tmp_path, monkeypatch):
     assert runner.invoke(app, ["profile", "demo"]).exit_code == 0
     assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     # unknown profile, and local edits that no profile holds, are refused
-    assert "available: demo, paper-audiocaps, paper-clotho" in runner.invoke(app, ["profile", "nope"]).output
+    assert "available: demo, paper-audiocaps, paper-clotho, paper-rehearsal" in runner.invoke(app, ["profile", "nope"]).output
     (tmp_path / "params.yaml").write_text("seed: 1\n")
     refused = runner.invoke(app, ["profile", "demo"])
     assert refused.exit_code == 2 and (tmp_path / "params.yaml").read_text() == "seed: 1\n"

@@ -128,7 +128,7 @@ class CaptionPipeline:
         clap = None
         if front["clap"] is not None:
             cspec = front["clap"]["spec"]
-            clap = load_clap(cspec["checkpoint"], device) if cspec["checkpoint"] else random_clap(seed=cspec["seed"])
+            clap = load_clap(cspec["checkpoint"], device) if cspec["checkpoint"] else random_clap(cspec.get("random"), seed=cspec["seed"])
             _check_fingerprint("clap", clap.model, front["clap"]["weights_sha256"])
         model, tokenizer = load_captioner(Path(model_dir))
         return cls(frontend, clap, model.to(device), tokenizer, device)
