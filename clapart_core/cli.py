@@ -110,10 +110,10 @@ def rehearsal_corpus(
     out: Annotated[Path, typer.Argument(help="Root to write (aac-datasets layout; an earlier rehearsal there is replaced).")],
     audiocaps: Annotated[
         tuple[int, int, int], typer.Option(metavar="N_TRAIN N_VAL N_TEST", help="AudioCaps-layout clips per split: 10 s, 32 kHz FLAC, 1 / 5 / 5 captions.")
-    ] = (96, 8, 8),
+    ] = (96, 4, 8),
     clotho: Annotated[
         tuple[int, int, int], typer.Option(metavar="N_TRAIN N_VAL N_TEST", help="Clotho-layout clips per split: 15-30 s, 44.1 kHz WAV, 5 captions.")
-    ] = (13, 8, 8),
+    ] = (13, 4, 8),
     seed: Annotated[int, typer.Option(help="Corpus seed (same seed, same files).")] = 1115,
     tokenizer_vocab: Annotated[int, typer.Option(help="Ids of the BART-sized caption tokenizer written beside the corpora (0: none).")] = 50265,
 ) -> None:

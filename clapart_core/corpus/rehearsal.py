@@ -54,6 +54,8 @@ __all__ = [
     "AUDIOCAPS_SECONDS",
     "CLOTHO_RATE",
     "CLOTHO_SECONDS",
+    "DEFAULT_AUDIOCAPS",
+    "DEFAULT_CLOTHO",
     "REHEARSAL_MARKER",
     "TOKENIZER_DIR",
     "RehearsalClip",
@@ -65,6 +67,11 @@ AUDIOCAPS_SECONDS = 10.0  # AudioCaps: 10 s YouTube segments
 AUDIOCAPS_RATE = 32_000  # aac-datasets' default AudioCaps rate (data.audiocaps.sample_rate)
 CLOTHO_SECONDS = (15.0, 30.0)  # Clotho: 15-30 s clips
 CLOTHO_RATE = 44_100
+#: clips per split (train, val, test) of the full-size rehearsal: AudioCaps' train split gives
+#: 96 x 496 = 47,616 BEATs frames, over FAISS's 39 per centroid for 1024 centroids (39,936), in
+#: 6 full batches of 16; Clotho's 13 x 5 captions fill one batch of 64 (+ 1). See bench/rehearsal.py.
+DEFAULT_AUDIOCAPS = (96, 4, 8)
+DEFAULT_CLOTHO = (13, 4, 8)
 REHEARSAL_MARKER = ".clapart_rehearsal"
 TOKENIZER_DIR = "bart-sized-tokenizer"
 SOURCES = ("audiocaps", "clotho")
@@ -203,8 +210,8 @@ def _write_csvs(root: Path, source: str, clips: list[RehearsalClip]) -> None:
 
 def generate_rehearsal_corpora(
     root: Path | str,
-    audiocaps: Sequence[int] = (96, 8, 8),
-    clotho: Sequence[int] = (13, 8, 8),
+    audiocaps: Sequence[int] = DEFAULT_AUDIOCAPS,
+    clotho: Sequence[int] = DEFAULT_CLOTHO,
     seed: int = 1115,
     *,
     audiocaps_seconds: tuple[float, float] | None = None,
