@@ -118,13 +118,17 @@ def rehearsal_corpus(
     tokenizer_vocab: Annotated[int, typer.Option(help="Ids of the BART-sized caption tokenizer written beside the corpora (0: none).")] = 50265,
 ) -> None:
     """Generate AudioCaps- and Clotho-layout corpora from the synthetic sound scenes (for profiles/paper-rehearsal.yaml)."""
-    from clapart_core.corpus.rehearsal import generate_rehearsal_corpora
+    from clapart_core.corpus.rehearsal import TOKENIZER_DIR, generate_rehearsal_corpora, training_captions
 
     try:
-        clips = generate_rehearsal_corpora(out, audiocaps, clotho, seed, tokenizer_vocab=tokenizer_vocab or None)
+        clips = generate_rehearsal_corpora(out, audiocaps, clotho, seed)
     except (FileExistsError, ValueError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    if tokenizer_vocab:
+        from clapart_core.captioner.text import train_caption_tokenizer
+
+        train_caption_tokenizer(training_captions(clips), tokenizer_vocab, out_dir=out / TOKENIZER_DIR, pad_vocabulary=True)
     hours = sum(c.seconds for c in clips) / 3600
     typer.echo(f"{out}: {len(clips)} clips ({hours:.2f} h of audio); AudioCaps {tuple(audiocaps)}, Clotho {tuple(clotho)} (train, val, test)")
 

@@ -23,9 +23,10 @@ each clip is one demo scene drawn at the clip's full length (events stretch over
 counted knocks and barks keep their count), and its captions are that scene's five references,
 so they describe the audio.
 
-With a ``tokenizer_vocab`` the root also gets ``bart-sized-tokenizer/``: a byte-level BPE
-trained on the generated training captions, padded to BART's 50265 ids (``<mask>`` = 50264;
-see :func:`clapart_core.captioner.text.train_caption_tokenizer`), the stand-in for
+``clapart rehearsal-corpus`` also writes ``bart-sized-tokenizer/`` (:data:`TOKENIZER_DIR`) into
+the root: a byte-level BPE trained on the generated training captions (:func:`training_captions`),
+padded to BART's 50265 ids (``<mask>`` = 50264; see
+:func:`clapart_core.captioner.text.train_caption_tokenizer`), the stand-in for
 ``facebook/bart-base``'s tokenizer, so that a from-scratch BART has bart-base's embedding and
 LM-head size.
 
@@ -61,6 +62,7 @@ __all__ = [
     "RehearsalClip",
     "generate_rehearsal_corpora",
     "rehearsal_clips",
+    "training_captions",
 ]
 
 AUDIOCAPS_SECONDS = 10.0  # AudioCaps: 10 s YouTube segments
@@ -165,6 +167,11 @@ def rehearsal_clips(
     return clips
 
 
+def training_captions(clips: Sequence[RehearsalClip]) -> list[str]:
+    """All five captions of every training clip (what the BART-sized tokenizer is trained on)."""
+    return [cap for c in clips if c.split == "train" for cap in c.scene.captions]
+
+
 def _prepare_root(root: Path) -> None:
     """Make ``root`` ready, deleting only what an earlier rehearsal wrote there."""
     if root.exists() and any(root.iterdir()):
@@ -216,7 +223,6 @@ def generate_rehearsal_corpora(
     *,
     audiocaps_seconds: tuple[float, float] | None = None,
     clotho_seconds: tuple[float, float] | None = None,
-    tokenizer_vocab: int | None = 50265,
     progress: bool = True,
 ) -> list[RehearsalClip]:
     """Write the AudioCaps- and Clotho-layout rehearsal corpora under ``root``.
@@ -228,8 +234,6 @@ def generate_rehearsal_corpora(
         seed: corpus seed.
         audiocaps_seconds, clotho_seconds: ``(shortest, longest)`` clip length in s (default 10 s
             and 15-30 s; shorter ones for tests).
-        tokenizer_vocab: write ``bart-sized-tokenizer/`` with this many ids (BART: 50265), trained
-            on the generated training captions; None = no tokenizer.
         progress: show a tqdm bar over the clips.
 
     Returns:
@@ -252,11 +256,6 @@ def generate_rehearsal_corpora(
         chosen = [c for c in clips if c.source == source]
         if chosen:
             _write_csvs(root, source, chosen)
-    if tokenizer_vocab:
-        from clapart_core.captioner.text import train_caption_tokenizer  # local: keeps transformers out of plain corpus use
-
-        train_caps = [cap for c in clips if c.split == "train" for cap in c.scene.captions]
-        train_caption_tokenizer(train_caps, tokenizer_vocab, out_dir=root / TOKENIZER_DIR, pad_vocabulary=True)
     summary = {
         "seed": seed,
         "clips": [
