@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from clapart_core import cli
 from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, small_bart_config
-from clapart_core.captioner.text import load_caption_tokenizer
+from clapart_core.captioner.text import load_caption_tokenizer, train_caption_tokenizer
 from clapart_core.corpus.datasets import build_manifest, corpus_report
 from clapart_core.corpus.rehearsal import (
     DEFAULT_AUDIOCAPS,
@@ -23,6 +23,7 @@ from clapart_core.corpus.rehearsal import (
     TOKENIZER_DIR,
     generate_rehearsal_corpora,
     rehearsal_clips,
+    training_captions,
 )
 from clapart_core.pipeline.config import preflight
 from clapart_core.pipeline.params import phase_params
@@ -36,9 +37,9 @@ SIZES_AC, SIZES_CL = (2, 1, 1), (1, 1, 1)
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny rehearsal roots (3-4 s clips) with a small padded tokenizer, under ``data/rehearsal``."""
     root = tmp_path_factory.mktemp("project") / "data" / "rehearsal"
-    generate_rehearsal_corpora(
-        root, SIZES_AC, SIZES_CL, seed=3, audiocaps_seconds=(3.0, 3.0), clotho_seconds=(3.0, 4.0), tokenizer_vocab=2000, progress=False
-    )
+    clips = generate_rehearsal_corpora(root, SIZES_AC, SIZES_CL, seed=3, audiocaps_seconds=(3.0, 3.0), clotho_seconds=(3.0, 4.0), progress=False)
+    # what `clapart rehearsal-corpus` adds, at 2000 ids instead of BART's 50265
+    train_caption_tokenizer(training_captions(clips), 2000, out_dir=root / TOKENIZER_DIR, pad_vocabulary=True)
     return root
 
 
@@ -81,7 +82,7 @@ def test_generation_is_deterministic_and_guarded(tmp_path: Path) -> None:
     foreign.mkdir()
     (foreign / "notes.txt").write_text("x")
     with pytest.raises(FileExistsError, match="refusing"):
-        generate_rehearsal_corpora(foreign, (1, 1, 1), (0, 0, 0), audiocaps_seconds=(3.0, 3.0), tokenizer_vocab=None, progress=False)
+        generate_rehearsal_corpora(foreign, (1, 1, 1), (0, 0, 0), audiocaps_seconds=(3.0, 3.0), progress=False)
 
 
 def test_cli_writes_full_length_clips(tmp_path: Path) -> None:
@@ -137,3 +138,33 @@ def test_profile_is_full_size_and_passes_preflight(tiny_root: Path, monkeypatch:
     for data in (params["data"], clotho["data"]):
         table = build_manifest(data["source"], data["root"], strict=True, **data[data["source"]])
         assert table.num_rows == 4 if data["source"] == "audiocaps" else 3
+
+
+def test_micro_batches_add_up_to_the_batch() -> None:
+    """The fix for the Clotho batch's memory: slices of a batch give the batch's losses and gradients."""
+    from contextlib import nullcontext
+
+    import numpy as np
+
+    from clapart_core.captioner.training import CaptionExample, backward_batch, build_batch
+
+    torch.manual_seed(0)
+    config = ClapArtConfig(bart=small_bart_config(60, 32, 1, 1, 2, 64, dropout=0.0, max_frames=40), num_codebooks=3, codebook_size=8, max_frames=40)
+    model = ClapArtForCaptioning(config).train()
+    rng = np.random.default_rng(0)
+    lengths = (50, 7, 30, 12, 25)  # one over max_frames: cropped
+    examples = [CaptionExample(f"c{i}", rng.integers(0, 8, (n, 3)), rng.standard_normal(512).astype(np.float32), ("x",)) for i, n in enumerate(lengths)]
+    captions = [list(rng.integers(3, 60, n)) for n in (5, 9, 3, 7, 4)]
+    batch = build_batch(examples, max_frames=40, use_clap=True, crop_generator=torch.Generator().manual_seed(1), caption_ids=captions)
+    mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, torch.Generator().manual_seed(2))
+    results = []
+    for micro in (5, 2):
+        model.zero_grad(set_to_none=True)
+        losses = backward_batch(model, batch, mcm_mask, micro, torch.device("cpu"), nullcontext)
+        results.append((losses, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (whole, whole_grads), (sliced, sliced_grads) = results
+    for name in ("loss", "caption_loss", "mcm_loss"):
+        assert float(getattr(sliced, name)) == pytest.approx(float(getattr(whole, name)), rel=1e-5)
+    assert len(whole_grads) == len(sliced_grads)
+    for a, b in zip(whole_grads, sliced_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)

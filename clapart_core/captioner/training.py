@@ -257,6 +257,59 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
+@dataclass
+class StepLosses:
+    """The losses of one optimiser step (the whole batch's, also when it ran in slices)."""
+
+    loss: torch.Tensor
+    caption_loss: torch.Tensor
+    mcm_loss: torch.Tensor
+
+
+def backward_batch(
+    model: ClapArtForCaptioning,
+    batch: Batch,
+    mcm_mask: torch.Tensor,
+    micro_batch_size: int,
+    device: torch.device,
+    autocast,
+) -> StepLosses:
+    """Forward and backward one training batch, in slices of ``micro_batch_size`` rows if it is larger.
+
+    Gradient accumulation: each slice's losses are its sums divided by the whole batch's counts
+    (caption tokens, masked entries per codebook; ``loss_counts`` of the model's forward), so the
+    accumulated gradients are the whole batch's up to float rounding, and so are the returned
+    losses. Only dropout differs (its masks are drawn per slice). A slice is the batch's own rows
+    (padding included), so the model sees each clip exactly as in the whole batch. Peak memory
+    is that of one slice: a full-size Clotho batch (64 x 1022 encoder positions, bart-base) needs
+    ~30 GB of activations in one pass on a CPU (float32), ~8 GB in slices of 16.
+    """
+    if micro_batch_size >= batch.codes.shape[0]:
+        batch = batch.to(device)
+        with autocast():
+            out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(device))
+        out.loss.backward()
+        return StepLosses(out.loss.detach(), out.caption_loss.detach(), out.mcm_loss.detach())
+    frames = batch.codes.shape[1]
+    masked = mcm_mask[:, :frames] & batch.frame_mask[:, :, None]
+    counts = ((batch.labels != IGNORE_INDEX).sum().to(device), masked.sum(dim=(0, 1)).to(device))
+    totals = [torch.zeros((), device=device) for _ in range(3)]
+    for start in range(0, batch.codes.shape[0], micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        part = Batch(
+            codes=batch.codes[rows],
+            frame_mask=batch.frame_mask[rows],
+            clap=None if batch.clap is None else batch.clap[rows],
+            labels=batch.labels[rows],
+        ).to(device)
+        with autocast():
+            out = model(part.codes, part.frame_mask, part.clap, labels=part.labels, mcm_mask=masked[rows].to(device), loss_counts=counts)
+        out.loss.backward()
+        for k, value in enumerate((out.loss, out.caption_loss, out.mcm_loss)):
+            totals[k] = totals[k] + value.detach()
+    return StepLosses(*totals)
+
+
 @torch.no_grad()
 def evaluate_loss(
     model: ClapArtForCaptioning,
@@ -358,7 +411,8 @@ def train_captioner(
             ``use_clap``, ``max_frames``.
         train_params: ``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``weight_decay``,
             ``label_smoothing``, ``grad_clip``, ``mcm_weight``, ``mcm_prob``, ``mcm_span``,
-            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``log_every``,
+            ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``micro_batch_size``
+            (rows per forward/backward pass, see [`backward_batch`]; 0/None = the whole batch), ``log_every``,
             ``resume`` (continue from a matching checkpoint in ``checkpoint_dir``) and
             ``checkpoint_every`` (steps between mid-epoch checkpoints; 0/None = epoch ends only).
         out_dir: final model directory (replaced atomically).
@@ -433,6 +487,7 @@ def _train(
 
     epochs = int(train_params["epochs"])
     batch_size = int(train_params["batch_size"])
+    micro_batch = int(train_params.get("micro_batch_size") or 0) or batch_size
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
     total_steps = epochs * steps_per_epoch
     warmup = int(train_params["warmup_steps"])
@@ -539,11 +594,8 @@ def _train(
             )
             # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
             mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, mcm_gen)
-            batch = batch.to(device)
-            with autocast():
-                out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(device))
             optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            out = backward_batch(model, batch, mcm_mask, micro_batch, device, autocast)
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             lr_used = optimizer.param_groups[0]["lr"]
             optimizer.step()
