@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from clapart_core.encoders.extract import iter_features
 from clapart_core.pipeline.params import start_stage
@@ -40,5 +41,9 @@ if __name__ == "__main__":
             "encoder": encoder,
         }
         for split in SPLITS:
-            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(feature_dir / f"{split}.h5"))
+            with RaggedReader(feature_dir / f"{split}.h5") as feats:
+                n_clips = len(feats)
+            # a progress bar: at AudioCaps size this stage encodes ~25 M frames (tens of minutes on a CPU)
+            features = tqdm(iter_features(feature_dir / f"{split}.h5"), total=n_clips, desc=f"tokenize {split}", unit="clip")
+            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in features)
             write_tokens(out / f"{split}.parquet", items, meta)
