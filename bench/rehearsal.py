@@ -94,9 +94,48 @@ class Row:
     stage: str
     clips: int
     measure: Measure
+    fixed: float  # seconds that do not grow with the corpus (process start, model build, saving)
     full_cpu_s: float | None  # extrapolated seconds on this CPU
     full_gpu_s: float | None  # extrapolated seconds on one GPU, from bench/RESULTS.md
     scaling: str
+
+    @property
+    def per_clip(self) -> float:
+        """Seconds per clip, fixed part left out."""
+        return (self.measure.wall - self.fixed) / self.clips if self.clips else 0.0
+
+
+#: a finished tqdm bar: ``DESC: 100%|...| n/n [MM:SS<00:00, RATE]`` (elapsed at one-second resolution;
+#: RATE ``12.3clip/s`` or ``4.56s/clip``, tqdm's smoothed rate)
+_BAR = re.compile(r"[\r\n]([^\r\n]+?): +100%[^\r\n]*?\| *(\d+)/\2 \[(?:(\d+):)?(\d+):(\d+)<[^,\]]*, *([\d.]+)(s/)?")
+#: bars that are not the stage's per-clip work
+_NOT_WORK = ("Loading weights", "Writing model shards", "train captioner")
+
+
+def _elapsed(match: re.Match) -> float:
+    """A bar's seconds: its elapsed time, or for short bars (under 5 s, where the one-second
+    resolution would round a fast loop to 0) its count over its rate."""
+    elapsed = int(match.group(3) or 0) * 3600 + int(match.group(4)) * 60 + int(match.group(5))
+    if elapsed >= 5:
+        return float(elapsed)
+    rate, inverse = float(match.group(6)), match.group(7) is not None
+    return int(match.group(2)) * rate if inverse else int(match.group(2)) / max(rate, 1e-9)
+
+
+def split_fixed(log: str, wall: float, floor: float) -> tuple[float, float]:
+    """``(fixed, work)`` seconds of a stage: work = its progress bars' elapsed time (the per-clip
+    loops; each bar counted once, at its last print); without bars, fixed = ``floor`` (the wall
+    time of ``configure``, a stage that starts DVC and Python and does almost nothing)."""
+    bars: dict[str, float] = {}
+    for match in _BAR.finditer(log):
+        desc = match.group(1).strip()
+        if not desc.startswith(_NOT_WORK):
+            bars[desc] = max(bars.get(desc, 0), _elapsed(match))
+    if not bars:
+        fixed = min(floor, wall)
+        return fixed, wall - fixed
+    work = min(float(sum(bars.values())), wall)
+    return wall - work, work
 
 
 def _phase_of(stage: str) -> str | None:
@@ -141,66 +180,90 @@ def gpu_figures(results: Path = RESULTS) -> dict[str, float]:
     return out
 
 
-def _train_loop(log: str, summary: dict) -> tuple[float, float]:
-    """(seconds of the optimiser steps, seconds of the rest of the loop: validation + checkpoints).
+def _clock(log: str, pattern: str) -> int | None:
+    """Seconds since midnight of the first log line (``HH:MM:SS stage logger: ...``) matching ``pattern``."""
+    match = re.search(r"(\d\d):(\d\d):(\d\d) [^\n]*" + pattern, log)
+    return None if match is None else int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3))
 
-    The steps' time is tqdm's elapsed at the last step (``train captioner: 100%|...| n/n [MM:SS<``,
-    the first such line: the bar is printed again at close, after validation); without it the
-    whole loop counts as steps.
+
+def _train_loop(log: str, summary: dict) -> tuple[float, float, float]:
+    """Seconds of a one-epoch train loop: (optimiser steps, validation loss, epoch checkpoint).
+
+    Steps: tqdm's elapsed at the last step (the first ``train captioner: 100%`` line; the bar is
+    printed again at close, after validation). Validation: from the "training captioner" log line
+    (the loop starts right after it) to the "epoch 1: val/loss" line, less the steps. Checkpoint:
+    the rest of the loop (``seconds_per_step x steps`` of the training summary). One-second
+    resolution; where a line is missing, the rest of the loop counts as validation.
     """
     loop = summary["seconds_per_step"] * summary["steps"]
-    done = re.search(r"train captioner: 100%[^\n\r]*?\| *(\d+)/\1 \[(?:(\d+):)?(\d+):(\d+)<", log)
-    if not done:
-        return loop, 0.0
-    steps = int(done.group(2) or 0) * 3600 + int(done.group(3)) * 60 + int(done.group(4))
-    return min(steps, loop), max(loop - steps, 0.0)
+    done = next((m for m in _BAR.finditer(log) if m.group(1).strip() == "train captioner"), None)
+    if done is None:
+        return loop, 0.0, 0.0
+    steps = min(_elapsed(done), loop)
+    start, val_end = _clock(log, "training captioner:"), _clock(log, r"epoch 1: val/loss")
+    if start is None or val_end is None:
+        return steps, loop - steps, 0.0
+    val = min(max(val_end - start - steps, 0.0), loop - steps)
+    return steps, val, loop - steps - val
 
 
-def extrapolate(project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float]) -> Row:
-    """One table row: the stage's clips, and its cost on the full corpus (CPU, and GPU where known)."""
+def extrapolate(
+    project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float], floor: float
+) -> Row:
+    """One table row: the stage's clips, and its cost on the full corpus (CPU, and GPU where known).
+
+    ``floor``: the fixed seconds of a stage without progress bars (see :func:`split_fixed`).
+    """
     phase_name = _phase_of(stage)
     kind = _kind(stage)
     phase = phases.get(phase_name)
     if phase is None or kind == "configure":
-        return Row(stage, 0, measure, measure.wall, None, "constant")
+        return Row(stage, 0, measure, measure.wall, measure.wall, None, "constant")
     ws = project / ("data" if phase_name is None else f"data/finetune/{phase_name}")
     full = FULL[phase.dataset]
+    log = (project / f"{stage}.log").read_text(errors="replace")
+    fixed, work = split_fixed(log, measure.wall, floor)
     if kind in ("corpus", "decode", "features", "clap", "tokenize"):
-        cpu = measure.wall * phase.full_total() / phase.total
+        cpu = fixed + work * phase.full_total() / phase.total
         gpu_s = None
         rate = gpu.get(f"beats_clips_per_s_b{params['beats']['batch_size']}")
         if kind == "features" and rate:
             # the GPU figure is for 10 s clips; longer clips cost at least proportionally more
             gpu_s = phase.full_seconds() / 10.0 / rate
-        return Row(stage, phase.total, measure, cpu, gpu_s, "per clip")
+        return Row(stage, phase.total, measure, fixed, cpu, gpu_s, "per clip")
     if kind == "codebooks":
         sample = json.loads((project / "metrics/rvq.json").read_text())["sample_size"]
         full_frames = full["train"] * phase.seconds["train"] / phase.clips["train"] / 10.0 * PATCHES_PER_10S
         full_sample = min(int(params["rvq"]["kmeans"]["max_samples"]), int(full_frames))
-        return Row(stage, phase.clips["train"], measure, measure.wall * full_sample / sample, None, f"per sample ({sample:,} -> {full_sample:,} frames)")
+        cpu = fixed + work * full_sample / sample
+        return Row(stage, phase.clips["train"], measure, fixed, cpu, None, f"per k-means sample ({sample:,} -> {full_sample:,} frames)")
     if kind == "train":
         summary = json.loads((ws / "model/training_summary.json").read_text())
         train_params = params["train"] if phase_name is None else {**params["train"], **params["finetune"][phase_name]["train"]}
         batch = int(train_params["batch_size"])
         pairs = int(summary["n_train_pairs"])
-        steps_s, rest_s = _train_loop((project / f"{stage}.log").read_text(errors="replace"), summary)
+        steps_s, val_s, ckpt_s = _train_loop(log, summary)
         step_s = steps_s / (pairs / batch)  # per full batch
         val_pairs = phase.clips["val"] * CAPTIONS[phase.dataset]["val"]
         full_pairs = full["train"] * CAPTIONS[phase.dataset]["train"]
         full_val_pairs = full["val"] * CAPTIONS[phase.dataset]["val"]
-        once = measure.wall - steps_s - rest_s  # start, model build, saving
+        once = measure.wall - steps_s - val_s - ckpt_s  # start, model build, saving
         full_steps = math.ceil(full_pairs / batch) * PAPER_EPOCHS
-        cpu = once + full_steps * step_s + PAPER_EPOCHS * rest_s * full_val_pairs / max(val_pairs, 1)
+        cpu = once + full_steps * step_s + PAPER_EPOCHS * (val_s * full_val_pairs / max(val_pairs, 1) + ckpt_s)
         gpu_s = None
         if gpu.get("train_step_s"):
             frames = min(params["model"]["max_frames"], PATCHES_PER_10S * phase.seconds["train"] / phase.clips["train"] / 10.0)
             gpu_s = full_steps * gpu["train_step_s"] * batch * frames / gpu["train_step_frames"]
-        scaling = f"per step ({step_s:.1f} s x {full_steps:,} steps = {PAPER_EPOCHS} epochs of {math.ceil(full_pairs / batch):,})"
-        return Row(stage, phase.clips["train"], measure, cpu, gpu_s, scaling)
+        scaling = (
+            f"per step: {step_s:.0f} s per batch of {batch} x {full_steps:,} steps ({PAPER_EPOCHS} epochs); "
+            f"per epoch: validation {val_s:.0f} s x {full_val_pairs / max(val_pairs, 1):.0f} (pairs), checkpoint {ckpt_s:.0f} s"
+        )
+        return Row(stage, phase.clips["train"], measure, once, cpu, gpu_s, scaling)
     if kind == "score":
         beams = int(params["decode_text"]["num_beams"])
-        return Row(stage, phase.clips["test"], measure, measure.wall * full["test"] / phase.clips["test"], None, f"per clip x beam ({beams} beams)")
-    return Row(stage, phase.total, measure, measure.wall * phase.full_total() / phase.total, None, "per clip")
+        cpu = fixed + work * full["test"] / phase.clips["test"]
+        return Row(stage, phase.clips["test"], measure, fixed, cpu, None, f"per test clip x beam ({beams} beams)")
+    return Row(stage, phase.total, measure, fixed, fixed + work * phase.full_total() / phase.total, None, "per clip")
 
 
 def _hours(seconds: float | None) -> str:
@@ -211,22 +274,24 @@ def _hours(seconds: float | None) -> str:
 
 def table(rows: list[Row], corpus_row: tuple[Measure, int] | None = None) -> str:
     """The Markdown table: measured per-stage costs and the full-size extrapolations."""
-    head = "| stage | clips | wall | s / clip | peak RSS | written / clip | full size, this CPU | full size, 1 GPU | scaling |"
-    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|---|"]
+    head = "| stage | clips | wall | fixed | s / clip | peak RSS | written / clip | full size, this CPU | full size, 1 GPU | scaling |"
+    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
-        per_clip = f"{r.measure.wall / r.clips:.2f}" if r.clips else ""
-        written = f"{r.measure.written / r.clips / 1e6:.2f} MB" if r.clips else f"{r.measure.written / 1e6:.2f} MB"
+        per_clip = f"{r.per_clip:.2f}" if r.clips else ""
+        written = f"{r.measure.written / r.clips / 1e6:.2f} MB" if r.clips else f"{r.measure.written / 1e6:.2f} MB (total)"
         lines.append(
-            f"| {r.stage} | {r.clips or ''} | {r.measure.wall:.0f} s | {per_clip} | {r.measure.peak / 1024:.2f} GiB | {written} | "
+            f"| {r.stage} | {r.clips or ''} | {r.measure.wall:.0f} s | {r.fixed:.0f} s | {per_clip} | {r.measure.peak / 1024:.2f} GiB | {written} | "
             f"{_hours(r.full_cpu_s)} | {_hours(r.full_gpu_s)} | {r.scaling} |"
         )
     wall = sum(r.measure.wall for r in rows)
     cpu = sum(r.full_cpu_s or 0.0 for r in rows)
-    lines.append(f"| **all stages** | | **{wall / 60:.1f} min** | | **{max(r.measure.peak for r in rows) / 1024:.2f} GiB** | | **{cpu / 3600:.1f} h** | | |")
+    gpu = sum(r.full_gpu_s or 0.0 for r in rows)
+    peak = max(r.measure.peak for r in rows) / 1024
+    lines.append(f"| **all stages** | | **{wall / 60:.1f} min** | | | **{peak:.2f} GiB** | | **{cpu / 3600:.1f} h** | {gpu / 3600:.2f} h (2 stages) | |")
     if corpus_row is not None:
         m, n = corpus_row
         written = m.written / n / 1e6
-        lines.append(f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | {m.wall / n:.2f} | {m.peak / 1024:.2f} GiB | {written:.2f} MB | | | |")
+        lines.append(f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | | {m.wall / n:.2f} | {m.peak / 1024:.2f} GiB | {written:.2f} MB | | | |")
     return "\n".join(lines)
 
 
@@ -297,7 +362,8 @@ def main() -> None:
     for name in params.get("finetune") or {}:
         phases[name] = _phase_data(project, name)
     gpu = gpu_figures()
-    rows = [extrapolate(project, s, measures[s], params, phases, gpu) for s in stages]
+    floor = measures["configure"].wall if "configure" in measures else 0.0
+    rows = [extrapolate(project, s, measures[s], params, phases, gpu, floor) for s in stages]
     sizes = "; ".join(
         f"{p.dataset} {p.clips['train']}/{p.clips['val']}/{p.clips['test']} clips ({sum(p.seconds.values()) / 60:.1f} min of audio)" for p in phases.values()
     )

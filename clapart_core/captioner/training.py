@@ -282,7 +282,7 @@ def backward_batch(
     losses. Only dropout differs (its masks are drawn per slice). A slice is the batch's own rows
     (padding included), so the model sees each clip exactly as in the whole batch. Peak memory
     is that of one slice: a full-size Clotho batch (64 x 1022 encoder positions, bart-base) needs
-    ~30 GB of activations in one pass on a CPU (float32), ~8 GB in slices of 16.
+    ~28 GB of activations in one pass on a CPU (float32), ~3.5 GB per slice of 8.
     """
     if micro_batch_size >= batch.codes.shape[0]:
         batch = batch.to(device)
