@@ -49,13 +49,16 @@ def make_project(dest: Path, n_clips: int) -> Path:
 @dataclass
 class Measure:
     """One stage run: ``peak`` (MiB, kernel high-water mark), the sampled peaks (MiB) over the
-    first and second half of the run, the wall time (s) and the bytes it wrote to files."""
+    first and second half of the run, the wall time (s), the bytes it wrote to files and the CPU
+    time it used (s, user + system): on a shared machine the wall time depends on the others'
+    load, the CPU time hardly."""
 
     peak: float
     first_half: float
     second_half: float
     wall: float
     written: int = 0
+    cpu: float = 0.0
 
 
 def _written_bytes(pid: int) -> int:
@@ -100,7 +103,8 @@ def run_stage(project: Path, name: str, cmd: list[str] | None = None, env: dict[
         raise SystemExit(f"stage {name} failed in {project}:\n{log.read_text(errors='replace')[-3000:]}")
     first = max((rss for t, rss in samples if t < wall / 2), default=0.0)
     second = max((rss for t, rss in samples if t >= wall / 2), default=0.0)
-    return Measure(usage.ru_maxrss / 1024, first, second, wall, written)  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # like ru_maxrss, includes the children it waited for
+    return Measure(usage.ru_maxrss / 1024, first, second, wall, written, cpu)  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:

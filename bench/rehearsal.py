@@ -7,9 +7,15 @@ It builds a scratch git + DVC copy of the project (``bench.bench_dvc.make_projec
 corpora into it (``clapart rehearsal-corpus data/rehearsal``), and runs every stage of
 ``dvc repro`` in DVC's order as ``dvc repro -s STAGE``, each measured as its own process
 (``bench.memory.run_stage``): wall seconds, peak RSS (``wait4``: DVC's or the stage's, whichever is
-larger) and bytes written (``/proc/PID/io`` of DVC, which includes the stage it waited for; the
-scratch DVC cache links instead of copying, so the figure is the stage's own writing). A final
-``dvc repro`` must then rerun nothing.
+larger), bytes written (``/proc/PID/io`` of DVC, which includes the stage it waited for; the
+scratch DVC cache links instead of copying, so the figure is the stage's own writing) and CPU
+seconds. A final ``dvc repro`` must then rerun nothing.
+
+The development machine is shared: other people's jobs stretch a stage's wall time, not its CPU
+time. So every time below except the measured wall is an idle-machine estimate: the wall time
+scaled by ``CPU / (wall x cores the stage uses)`` (:func:`idle_factor`; two for torch and FAISS,
+one for ``corpus``/``decode``), exact for a stage that keeps its cores busy, low for serial
+parts (DVC, interpreter start).
 
 Extrapolation to the full corpora, on this machine, stage by stage:
 
@@ -91,6 +97,9 @@ class Phase:
 
 @dataclass
 class Row:
+    """One stage's line of the table. Times other than ``measure.wall`` are idle-machine seconds:
+    wall seconds scaled by the stage's ``CPU / (wall x threads)`` (see :func:`idle_factor`)."""
+
     stage: str
     clips: int
     measure: Measure
@@ -98,11 +107,37 @@ class Row:
     full_cpu_s: float | None  # extrapolated seconds on this CPU
     full_gpu_s: float | None  # extrapolated seconds on one GPU, from bench/RESULTS.md
     scaling: str
+    idle: float = 1.0  # idle seconds per wall second of this run
 
     @property
     def per_clip(self) -> float:
         """Seconds per clip, fixed part left out."""
-        return (self.measure.wall - self.fixed) / self.clips if self.clips else 0.0
+        return (self.measure.wall * self.idle - self.fixed) / self.clips if self.clips else 0.0
+
+
+#: stages that run on one core (the others run torch / FAISS on both)
+SERIAL = ("corpus", "configure", "decode")
+
+
+def threads(stage: str) -> int:
+    """Cores a stage keeps busy on this machine (all of them for torch and FAISS, which use one
+    thread per core here: train.num_threads 2, torch's default elsewhere)."""
+    import os
+
+    return 1 if _kind(stage) in SERIAL else os.cpu_count() or 1
+
+
+def idle_factor(stage: str, measure: Measure) -> float:
+    """Idle-machine seconds per measured wall second: ``CPU / (wall x threads)``.
+
+    On a shared machine a stage's wall time grows with the others' load while its CPU time
+    hardly does (spinning OpenMP threads add some), so the CPU time spread over the cores it
+    uses estimates its wall time on an idle machine: exact for a stage that keeps them all busy,
+    low for one with serial parts (DVC's hashing, Python's start), by up to the thread count.
+    """
+    if measure.cpu <= 0 or measure.wall <= 0:
+        return 1.0
+    return min(measure.cpu / (measure.wall * threads(stage)), 1.0)
 
 
 #: a finished tqdm bar: ``DESC: 100%|...| n/n [MM:SS<00:00, RATE]`` (elapsed at one-second resolution;
@@ -210,10 +245,23 @@ def _train_loop(log: str, summary: dict) -> tuple[float, float, float]:
 def extrapolate(
     project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float], floor: float
 ) -> Row:
-    """One table row: the stage's clips, and its cost on the full corpus (CPU, and GPU where known).
+    """One table row: the stage's clips, and its cost on the full corpus (on this CPU idle, and on
+    one GPU where known). The extrapolation is linear in the measured wall seconds of each part
+    (:func:`_extrapolate_wall`), then scaled to idle-machine seconds by :func:`idle_factor`.
 
     ``floor``: the fixed seconds of a stage without progress bars (see :func:`split_fixed`).
     """
+    row = _extrapolate_wall(project, stage, measure, params, phases, gpu, floor)
+    row.idle = idle_factor(stage, measure)
+    row.fixed *= row.idle
+    row.full_cpu_s = None if row.full_cpu_s is None else row.full_cpu_s * row.idle
+    return row
+
+
+def _extrapolate_wall(
+    project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float], floor: float
+) -> Row:
+    """:func:`extrapolate` in the measured (loaded) wall seconds."""
     phase_name = _phase_of(stage)
     kind = _kind(stage)
     phase = phases.get(phase_name)
@@ -274,24 +322,35 @@ def _hours(seconds: float | None) -> str:
 
 def table(rows: list[Row], corpus_row: tuple[Measure, int] | None = None) -> str:
     """The Markdown table: measured per-stage costs and the full-size extrapolations."""
-    head = "| stage | clips | wall | fixed | s / clip | peak RSS | written / clip | full size, this CPU | full size, 1 GPU | scaling |"
-    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
+    head = (
+        "| stage | clips | wall (loaded) | CPU | idle est. | fixed | s / clip | peak RSS | written / clip "
+        "| full size, this CPU | full size, 1 GPU | scaling |"
+    )
+    lines = [head, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|"]
     for r in rows:
         per_clip = f"{r.per_clip:.2f}" if r.clips else ""
         written = f"{r.measure.written / r.clips / 1e6:.2f} MB" if r.clips else f"{r.measure.written / 1e6:.2f} MB (total)"
         lines.append(
-            f"| {r.stage} | {r.clips or ''} | {r.measure.wall:.0f} s | {r.fixed:.0f} s | {per_clip} | {r.measure.peak / 1024:.2f} GiB | {written} | "
-            f"{_hours(r.full_cpu_s)} | {_hours(r.full_gpu_s)} | {r.scaling} |"
+            f"| {r.stage} | {r.clips or ''} | {r.measure.wall:.0f} s | {r.measure.cpu:.0f} s | {r.measure.wall * r.idle:.0f} s | {r.fixed:.0f} s | "
+            f"{per_clip} | {r.measure.peak / 1024:.2f} GiB | {written} | {_hours(r.full_cpu_s)} | {_hours(r.full_gpu_s)} | {r.scaling} |"
         )
     wall = sum(r.measure.wall for r in rows)
-    cpu = sum(r.full_cpu_s or 0.0 for r in rows)
+    cpu_s = sum(r.measure.cpu for r in rows)
+    idle = sum(r.measure.wall * r.idle for r in rows)
+    full = sum(r.full_cpu_s or 0.0 for r in rows)
     gpu = sum(r.full_gpu_s or 0.0 for r in rows)
     peak = max(r.measure.peak for r in rows) / 1024
-    lines.append(f"| **all stages** | | **{wall / 60:.1f} min** | | | **{peak:.2f} GiB** | | **{cpu / 3600:.1f} h** | {gpu / 3600:.2f} h (2 stages) | |")
+    lines.append(
+        f"| **all stages** | | **{wall / 60:.1f} min** | {cpu_s / 60:.1f} min | **{idle / 60:.1f} min** | | | **{peak:.2f} GiB** | | "
+        f"**{full / 3600:.1f} h** | {gpu / 3600:.2f} h (2 stages) | |"
+    )
     if corpus_row is not None:
         m, n = corpus_row
         written = m.written / n / 1e6
-        lines.append(f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | | {m.wall / n:.2f} | {m.peak / 1024:.2f} GiB | {written:.2f} MB | | | |")
+        lines.append(
+            f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | {m.cpu:.0f} s | | | {m.wall / n:.2f} "
+            f"| {m.peak / 1024:.2f} GiB | {written:.2f} MB | | | |"
+        )
     return "\n".join(lines)
 
 
@@ -352,7 +411,8 @@ def main() -> None:
     measures: dict[str, Measure] = {}
     for stage in stages:
         m = measures[stage] = run_stage(project, stage, [*dvc, "repro", "-s", stage], env)
-        print(f"{stage}: {m.wall:.0f} s, peak RSS {m.peak / 1024:.2f} GiB, wrote {m.written / 1e6:.0f} MB  ({load_state()})", file=sys.stderr, flush=True)
+        progress = f"{stage}: {m.wall:.0f} s ({m.cpu:.0f} s CPU), peak RSS {m.peak / 1024:.2f} GiB, wrote {m.written / 1e6:.0f} MB"
+        print(f"{progress}  ({load_state()})", file=sys.stderr, flush=True)
     total = time.monotonic() - started
     rerun = _ran(_run([*dvc, "repro"], project)[1])
     if rerun:
@@ -364,6 +424,7 @@ def main() -> None:
     gpu = gpu_figures()
     floor = measures["configure"].wall if "configure" in measures else 0.0
     rows = [extrapolate(project, s, measures[s], params, phases, gpu, floor) for s in stages]
+    idle = sum(r.measure.wall * r.idle for r in rows) + corpus.wall * idle_factor("corpus", corpus)
     sizes = "; ".join(
         f"{p.dataset} {p.clips['train']}/{p.clips['val']}/{p.clips['test']} clips ({sum(p.seconds.values()) / 60:.1f} min of audio)" for p in phases.values()
     )
@@ -371,8 +432,8 @@ def main() -> None:
     command = "python -m bench.rehearsal " + " ".join(sys.argv[1:])
     text = "\n".join(
         [
-            f"`{command.strip()}`: {sizes}{overrides}; every stage plus the corpus "
-            f"generation in {total / 60:.1f} min; a final `dvc repro` reran nothing.",
+            f"`{command.strip()}`: {sizes}{overrides}; every stage plus the corpus generation in {total / 60:.1f} min "
+            f"of wall time on the shared machine, {idle / 60:.1f} min estimated on an idle one; a final `dvc repro` reran nothing.",
             "",
             "```",
             header,
