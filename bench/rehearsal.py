@@ -52,8 +52,7 @@ import re
 import shutil
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -388,32 +387,47 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, help="scratch project folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch project")
     parser.add_argument("--append", action="store_true", help=f"append the table to {RESULTS.relative_to(ROOT)}")
+    parser.add_argument("--resume", action="store_true", help="continue a killed run in --workdir: run only the stages it has not measured")
     args = parser.parse_args()
+    if args.resume and args.workdir is None:
+        parser.error("--resume needs the --workdir of the run to continue")
 
-    params = yaml.safe_load(PROFILE.read_text())
-    for assignment in args.set:
-        _set(params, assignment)
-    header = describe()
-    print(header, flush=True)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="clapart-rehearsal-"))
     work.mkdir(parents=True, exist_ok=True)
-    project = make_project(work / "project", params)
+    record = work / "measures.json"  # each stage's figures as soon as it is measured, for --resume
     env = _env()
     dvc = [str(Path(sys.executable).parent / "dvc")] if (Path(sys.executable).parent / "dvc").exists() else ["dvc"]
-    # the scratch cache links outputs instead of copying them: the bytes written are the stages' own
-    _run([*dvc, "config", "cache.type", "hardlink"], project)
-    started = time.monotonic()
-    sizes = ["--audiocaps", *map(str, args.audiocaps), "--clotho", *map(str, args.clotho)]
-    corpus = run_stage(project, "rehearsal-corpus", [sys.executable, "-m", "clapart_core.cli", "rehearsal-corpus", "data/rehearsal", *sizes], env)
-    n_corpus = sum(args.audiocaps) + sum(args.clotho)
-    print(f"rehearsal-corpus: {corpus.wall:.0f} s, {n_corpus} clips", file=sys.stderr, flush=True)
+    project = work / "project"
+    if args.resume:
+        saved = json.loads(record.read_text())
+        header, n_corpus, params = saved["header"], saved["corpus_clips"], yaml.safe_load((project / "params.yaml").read_text())
+        corpus = Measure(**saved["corpus"])
+        measures = {name: Measure(**m) for name, m in saved["stages"].items()}
+        print(f"{header}\n# resumed: {load_state()}", flush=True)
+    else:
+        params = yaml.safe_load(PROFILE.read_text())
+        for assignment in args.set:
+            _set(params, assignment)
+        header = describe()
+        print(header, flush=True)
+        make_project(project, params)
+        # the scratch cache links outputs instead of copying them: the bytes written are the stages' own
+        _run([*dvc, "config", "cache.type", "hardlink"], project)
+        sizes = ["--audiocaps", *map(str, args.audiocaps), "--clotho", *map(str, args.clotho)]
+        corpus = run_stage(project, "rehearsal-corpus", [sys.executable, "-m", "clapart_core.cli", "rehearsal-corpus", "data/rehearsal", *sizes], env)
+        n_corpus = sum(args.audiocaps) + sum(args.clotho)
+        measures = {}
+        print(f"rehearsal-corpus: {corpus.wall:.0f} s ({corpus.cpu:.0f} s CPU), {n_corpus} clips", file=sys.stderr, flush=True)
     stages = stage_order(project, dvc)
-    measures: dict[str, Measure] = {}
     for stage in stages:
+        if stage in measures:
+            continue
         m = measures[stage] = run_stage(project, stage, [*dvc, "repro", "-s", stage], env)
         progress = f"{stage}: {m.wall:.0f} s ({m.cpu:.0f} s CPU), peak RSS {m.peak / 1024:.2f} GiB, wrote {m.written / 1e6:.0f} MB"
         print(f"{progress}  ({load_state()})", file=sys.stderr, flush=True)
-    total = time.monotonic() - started
+        saved = {"header": header, "corpus_clips": n_corpus, "corpus": asdict(corpus), "stages": {k: asdict(v) for k, v in measures.items()}}
+        record.write_text(json.dumps(saved, indent=1) + "\n")
+    total = corpus.wall + sum(m.wall for m in measures.values())
     rerun = _ran(_run([*dvc, "repro"], project)[1])
     if rerun:
         raise SystemExit(f"a dvc repro after the stage-by-stage run reran {rerun}")
@@ -430,6 +444,8 @@ def main() -> None:
     )
     overrides = f", --set {' '.join(args.set)}" if args.set else ""
     command = "python -m bench.rehearsal " + " ".join(sys.argv[1:])
+    if args.resume:
+        command += " (continued after a kill)"
     text = "\n".join(
         [
             f"`{command.strip()}`: {sizes}{overrides}; every stage plus the corpus generation in {total / 60:.1f} min "
