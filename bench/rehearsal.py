@@ -17,11 +17,12 @@ scaled by ``CPU / (wall x cores the stage uses)`` (:func:`idle_factor`; two for 
 one for ``corpus``/``decode``), exact for a stage that keeps its cores busy, low for serial
 parts (DVC, interpreter start).
 
-Extrapolation to the full corpora, on this machine, stage by stage:
+Extrapolation to the full corpora, on this machine, stage by stage. Each stage's fixed part
+(process start, model build, DVC's hashing: the time outside its progress bars, or for a stage
+without bars the time of ``configure``) is counted once; the rest scales:
 
 * ``corpus``, ``decode``, ``features``, ``clap``, ``tokenize``: linear in clips of the phase
-  (clip lengths as in the real data: 10 s AudioCaps, 15-30 s Clotho); each stage's process
-  start and model build are inside the per-clip figure, so small runs overstate them a little.
+  (clip lengths as in the real data: 10 s AudioCaps, 15-30 s Clotho).
 * ``codebooks``: linear in the k-means sample (``metrics/rvq.json`` ``sample_size``, against
   ``min(rvq.kmeans.max_samples, training frames)`` = 1,000,000 for AudioCaps): every Lloyd
   iteration of every layer is one ``[M, D] x [D, K]`` assignment GEMM.
@@ -30,7 +31,9 @@ Extrapolation to the full corpora, on this machine, stage by stage:
   short last batch does not count as a full step; the rest of each epoch (validation loss and
   the epoch checkpoint) is scaled by validation pairs; process start, model build and saving
   are counted once.
-* ``score``: linear in test clips x beams (the beam count is the profile's, so the same).
+* ``score``: linear in test clips x beams (the beam count is the profile's, so the same). The
+  rehearsal's barely trained captioner writes ``decode_text.max_length`` tokens per caption; a
+  trained one stops after ~10-20, so this is an upper bound.
 * ``configure``: constant.
 
 The GPU column uses the figures recorded in ``bench/RESULTS.md`` where there are any: BEATs
@@ -41,6 +44,7 @@ For the other stages no GPU figure has been measured and the column stays empty.
     python -m bench.rehearsal                                   # full size (~30 min on 2 idle cores)
     python -m bench.rehearsal --audiocaps 4 2 2 --clotho 3 2 2  # reduced, to check the plumbing
     python -m bench.rehearsal --append                          # also append the table to bench/RESULTS.md
+    python -m bench.rehearsal --workdir W --keep ... --resume   # continue a killed run in W
 """
 
 from __future__ import annotations
@@ -250,17 +254,19 @@ def extrapolate(
 
     ``floor``: the fixed seconds of a stage without progress bars (see :func:`split_fixed`).
     """
-    row = _extrapolate_wall(project, stage, measure, params, phases, gpu, floor)
-    row.idle = idle_factor(stage, measure)
+    idle = idle_factor(stage, measure)
+    row = _extrapolate_wall(project, stage, measure, params, phases, gpu, floor, idle)
+    row.idle = idle
     row.fixed *= row.idle
     row.full_cpu_s = None if row.full_cpu_s is None else row.full_cpu_s * row.idle
     return row
 
 
 def _extrapolate_wall(
-    project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float], floor: float
+    project: Path, stage: str, measure: Measure, params: dict, phases: dict[str | None, Phase], gpu: dict[str, float], floor: float, idle: float
 ) -> Row:
-    """:func:`extrapolate` in the measured (loaded) wall seconds."""
+    """:func:`extrapolate` in the measured (loaded) wall seconds; ``idle`` only scales the figures
+    quoted in the scaling note."""
     phase_name = _phase_of(stage)
     kind = _kind(stage)
     phase = phases.get(phase_name)
@@ -302,8 +308,8 @@ def _extrapolate_wall(
             frames = min(params["model"]["max_frames"], PATCHES_PER_10S * phase.seconds["train"] / phase.clips["train"] / 10.0)
             gpu_s = full_steps * gpu["train_step_s"] * batch * frames / gpu["train_step_frames"]
         scaling = (
-            f"per step: {step_s:.0f} s per batch of {batch} x {full_steps:,} steps ({PAPER_EPOCHS} epochs); "
-            f"per epoch: validation {val_s:.0f} s x {full_val_pairs / max(val_pairs, 1):.0f} (pairs), checkpoint {ckpt_s:.0f} s"
+            f"per step: {step_s * idle:.0f} s per batch of {batch} x {full_steps:,} steps ({PAPER_EPOCHS} epochs); per epoch: "
+            f"validation {val_s * idle:.0f} s x {full_val_pairs / max(val_pairs, 1):.0f} (pairs), checkpoint {ckpt_s * idle:.0f} s"
         )
         return Row(stage, phase.clips["train"], measure, once, cpu, gpu_s, scaling)
     if kind == "score":
@@ -329,6 +335,8 @@ def table(rows: list[Row], corpus_row: tuple[Measure, int] | None = None) -> str
     for r in rows:
         per_clip = f"{r.per_clip:.2f}" if r.clips else ""
         written = f"{r.measure.written / r.clips / 1e6:.2f} MB" if r.clips else f"{r.measure.written / 1e6:.2f} MB (total)"
+        if _kind(r.stage) == "train":  # the model and the epoch checkpoint: per epoch, not per clip
+            written = f"{r.measure.written / 1e9:.2f} GB (total)"
         lines.append(
             f"| {r.stage} | {r.clips or ''} | {r.measure.wall:.0f} s | {r.measure.cpu:.0f} s | {r.measure.wall * r.idle:.0f} s | {r.fixed:.0f} s | "
             f"{per_clip} | {r.measure.peak / 1024:.2f} GiB | {written} | {_hours(r.full_cpu_s)} | {_hours(r.full_gpu_s)} | {r.scaling} |"
@@ -345,11 +353,11 @@ def table(rows: list[Row], corpus_row: tuple[Measure, int] | None = None) -> str
     )
     if corpus_row is not None:
         m, n = corpus_row
-        written = m.written / n / 1e6
-        lines.append(
-            f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | {m.cpu:.0f} s | | | {m.wall / n:.2f} "
-            f"| {m.peak / 1024:.2f} GiB | {written:.2f} MB | | | |"
-        )
+        # a run continued with --resume may lack the generation's figures (0 = not recorded)
+        cpu = f"{m.cpu:.0f} s" if m.cpu else ""
+        peak = f"{m.peak / 1024:.2f} GiB" if m.peak else ""
+        written = f"{m.written / n / 1e6:.2f} MB" if m.written else ""
+        lines.append(f"| (rehearsal-corpus, not a stage) | {n} | {m.wall:.0f} s | {cpu} | | | {m.wall / n:.2f} | {peak} | {written} | | | |")
     return "\n".join(lines)
 
 
@@ -444,12 +452,16 @@ def main() -> None:
     )
     overrides = f", --set {' '.join(args.set)}" if args.set else ""
     command = "python -m bench.rehearsal " + " ".join(sys.argv[1:])
-    if args.resume:
-        command += " (continued after a kill)"
+    resumed = (
+        " The run was continued with `--resume` after being killed: the stages measured before keep their figures "
+        "(as recorded in measures.json)."
+        if args.resume
+        else ""
+    )
     text = "\n".join(
         [
             f"`{command.strip()}`: {sizes}{overrides}; every stage plus the corpus generation in {total / 60:.1f} min "
-            f"of wall time on the shared machine, {idle / 60:.1f} min estimated on an idle one; a final `dvc repro` reran nothing.",
+            f"of wall time on the shared machine, {idle / 60:.1f} min estimated on an idle one; a final `dvc repro` reran nothing.{resumed}",
             "",
             "```",
             header,
