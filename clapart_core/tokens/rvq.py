@@ -117,7 +117,7 @@ def fit_residual_codebooks(
             "the codebooks will fit the sample, not the features; use at least %d frames (~%d clips of 10 s, "
             "rvq.kmeans.max_samples permitting) or lower rvq.codebook_size",
             m, codebook_size, m / codebook_size, MIN_POINTS_PER_CENTROID,
-            MIN_POINTS_PER_CENTROID * codebook_size, math.ceil(MIN_POINTS_PER_CENTROID * codebook_size / 496),
+            MIN_POINTS_PER_CENTROID * codebook_size, math.ceil(MIN_POINTS_PER_CENTROID * codebook_size / 496),  # 496 patches per 10 s
         )
     residual = np.ascontiguousarray(x, dtype=np.float32).copy()
     codebooks = np.empty((num_layers, codebook_size, d), dtype=np.float32)
