@@ -63,15 +63,17 @@ def _ran(output: str) -> list[str]:
     return re.findall(r"Running stage '([\w-]+)'", output)
 
 
-def make_project(dest: Path) -> Path:
-    """A fresh git + DVC copy of the pipeline with the :data:`TINY` params, committed."""
+def make_project(dest: Path, params: dict | None = None) -> Path:
+    """A fresh git + DVC copy of the pipeline with ``params`` (default: the demo's with the
+    :data:`TINY` sizes), committed."""
     for name in ("clapart_core", "stages"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     (dest / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
-    params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
+    if params is None:
+        params = merge_params(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for args in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny project"]):
         _run(args, dest)

@@ -49,41 +49,62 @@ def make_project(dest: Path, n_clips: int) -> Path:
 @dataclass
 class Measure:
     """One stage run: ``peak`` (MiB, kernel high-water mark), the sampled peaks (MiB) over the
-    first and second half of the run, and the wall time (s)."""
+    first and second half of the run, the wall time (s), the bytes it wrote to files and the CPU
+    time it used (s, user + system): on a shared machine the wall time depends on the others'
+    load, the CPU time hardly."""
 
     peak: float
     first_half: float
     second_half: float
     wall: float
+    written: int = 0
+    cpu: float = 0.0
 
 
-def run_stage(project: Path, name: str) -> Measure:
-    """Run one stage as its own process and measure its memory."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+def _written_bytes(pid: int) -> int:
+    """Bytes a process (and the children it has reaped) wrote to storage, net of truncated
+    writes (``/proc/PID/io``: ``write_bytes - cancelled_write_bytes``); 0 where unavailable."""
+    try:
+        fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+        return int(fields["write_bytes"]) - int(fields["cancelled_write_bytes"])
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def run_stage(project: Path, name: str, cmd: list[str] | None = None, env: dict[str, str] | None = None) -> Measure:
+    """Run one stage as its own process and measure its memory, wall time and bytes written.
+
+    ``cmd`` (default ``python -m stages.NAME``) runs in ``project`` with ``env`` (default: this
+    environment, offline, no progress bars); its output goes to ``project/NAME.log``. The peak is
+    the largest of the process and the children it waited for (``wait4`` reports both), so a
+    stage run by ``dvc repro -s NAME`` is measured through DVC.
+    """
+    env = env or {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     page_mib = os.sysconf("SC_PAGE_SIZE") / 2**20
     samples: list[tuple[float, float]] = []
     start = time.monotonic()
     log = project / f"{name}.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", f"stages.{name}"], cwd=project, env=env, stdout=err, stderr=err)
+        proc = subprocess.Popen(cmd or [sys.executable, "-m", f"stages.{name}"], cwd=project, env=env, stdout=err, stderr=err)
         statm = Path(f"/proc/{proc.pid}/statm")
-        while True:
-            # wait4 gives this child's own rusage (getrusage(RUSAGE_CHILDREN) would be a max over all stages)
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
+        # WNOWAIT: notice the exit but leave the zombie, whose /proc/PID/io still holds its totals
+        while os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
             try:
                 samples.append((time.monotonic() - start, int(statm.read_text().split()[1]) * page_mib))
-            except (OSError, IndexError, ValueError):  # exiting between wait4 and the read
+            except (OSError, IndexError, ValueError):  # exiting between the check and the read
                 pass
             time.sleep(0.05)
+        written = _written_bytes(proc.pid)
+        # wait4 gives this child's own rusage (getrusage(RUSAGE_CHILDREN) would be a max over all stages)
+        _pid, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - start
     if proc.returncode:
         raise SystemExit(f"stage {name} failed in {project}:\n{log.read_text(errors='replace')[-3000:]}")
     first = max((rss for t, rss in samples if t < wall / 2), default=0.0)
     second = max((rss for t, rss in samples if t >= wall / 2), default=0.0)
-    return Measure(usage.ru_maxrss / 1024, first, second, wall)  # ru_maxrss is in KiB on Linux
+    cpu = usage.ru_utime + usage.ru_stime  # like ru_maxrss, includes the children it waited for
+    return Measure(usage.ru_maxrss / 1024, first, second, wall, written, cpu)  # ru_maxrss is in KiB on Linux
 
 
 def main() -> None:

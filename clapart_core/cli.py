@@ -377,6 +377,34 @@ def profile(
     typer.echo(f"params.yaml <- {source}; run `dvc repro` (or `dvc exp run`) to apply")
 
 
+@app.command("rehearsal-corpus")
+def rehearsal_corpus(
+    out: Annotated[Path, typer.Argument(help="Root to write (aac-datasets layout; an earlier rehearsal there is replaced).")],
+    audiocaps: Annotated[
+        tuple[int, int, int], typer.Option(metavar="N_TRAIN N_VAL N_TEST", help="AudioCaps-layout clips per split: 10 s, 32 kHz FLAC, 1 / 5 / 5 captions.")
+    ] = (96, 4, 8),
+    clotho: Annotated[
+        tuple[int, int, int], typer.Option(metavar="N_TRAIN N_VAL N_TEST", help="Clotho-layout clips per split: 15-30 s, 44.1 kHz WAV, 5 captions.")
+    ] = (13, 4, 8),
+    seed: Annotated[int, typer.Option(help="Corpus seed (same seed, same files).")] = 1115,
+    tokenizer_vocab: Annotated[int, typer.Option(help="Ids of the BART-sized caption tokenizer written beside the corpora (0: none).")] = 50265,
+) -> None:
+    """Generate AudioCaps- and Clotho-layout corpora from the synthetic sound scenes (for profiles/paper-rehearsal.yaml)."""
+    from clapart_core.corpus.rehearsal import TOKENIZER_DIR, generate_rehearsal_corpora, training_captions
+
+    try:
+        clips = generate_rehearsal_corpora(out, audiocaps, clotho, seed)
+    except (FileExistsError, ValueError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    if tokenizer_vocab:
+        from clapart_core.captioner.text import train_caption_tokenizer
+
+        train_caption_tokenizer(training_captions(clips), tokenizer_vocab, out_dir=out / TOKENIZER_DIR, pad_vocabulary=True)
+    hours = sum(c.seconds for c in clips) / 3600
+    typer.echo(f"{out}: {len(clips)} clips ({hours:.2f} h of audio); AudioCaps {tuple(audiocaps)}, Clotho {tuple(clotho)} (train, val, test)")
+
+
 @app.command()
 def results(
     md: Annotated[Path | None, typer.Option(help="Write the table as Markdown here.")] = None,

@@ -18,8 +18,11 @@ from clapart_core.pipeline.storage import SPLITS, model_fingerprint
 
 def main(params: dict[str, Any], ws: Workspace) -> None:
     cfg = params["clap"]
-    spec = {"checkpoint": cfg["checkpoint"], "seed": params["seed"]}
-    encoder = clap_from_spec(spec, resolve_device(cfg["device"]))
+    device = resolve_device(cfg["device"])
+    # the spec lets `clapart caption` rebuild exactly this CLAP (random: its size overrides)
+    spec = {"checkpoint": cfg["checkpoint"], "random": cfg["random"], "seed": params["seed"]}
+    encoder = clap_from_spec(spec, device)
+    encoder.model.to(device)  # a random CLAP is built on the CPU; it runs where clap.device says too
     attrs = {"encoder": "clap", "spec": spec, "pretrained": encoder.pretrained, "weights_sha256": model_fingerprint(encoder.model)}
     for split in SPLITS:
         extract_clap_embeddings(

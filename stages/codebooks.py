@@ -26,7 +26,10 @@ def main(_params: dict[str, Any], _ws: Workspace) -> None:  # main phase only: f
         codebooks = fit_residual_codebooks(sample, cfg["max_layers"], cfg["codebook_size"], KMeansConfig(niter=km["niter"], seed=km["seed"]))
         save_codebooks("data/codebooks/rvq.npz", codebooks, fit=True, seed=km["seed"], sample_size=len(sample), niter=km["niter"])
         report = quantisation_report(sample, codebooks)
-        summary = {"applies": True, "sample_size": len(sample), "relative_error": report[-1]["relative_error"], "layers": report}
+        # FAISS wants >= 39 points per centroid (rvq.MIN_POINTS_PER_CENTROID); below, the fit logs a warning
+        per_centroid = round(len(sample) / cfg["codebook_size"], 1)
+        summary = {"applies": True, "sample_size": len(sample), "points_per_centroid": per_centroid}
+        summary.update(relative_error=report[-1]["relative_error"], layers=report)
     atomic.write_text("metrics/rvq.json", json.dumps(summary, indent=2) + "\n")
 
 

@@ -8,6 +8,7 @@ import shutil
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from clapart_core.encoders.extract import iter_features
 from clapart_core.encoders.registry import encoder_record, token_metadata, token_type
@@ -35,7 +36,11 @@ def main(_params: dict[str, Any], ws: Workspace) -> None:
             encoder = encoder_record(kind, json.loads(feats.attrs["spec"]), bool(feats.attrs["pretrained"]), feats.attrs["weights_sha256"])
         meta = token_metadata(kind, rvq.num_layers, rvq.codebook_size, encoder, codebooks=(CODEBOOKS, fit))
         for split in SPLITS:
-            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in iter_features(feature_dir / f"{split}.h5"))
+            with RaggedReader(feature_dir / f"{split}.h5") as feats:
+                n_clips = len(feats)
+            # a progress bar: at AudioCaps size this stage encodes ~25 M frames (tens of minutes on a CPU)
+            features = tqdm(iter_features(feature_dir / f"{split}.h5"), total=n_clips, desc=f"tokenize {split}", unit="clip")
+            items = ((cid, rvq.encode(f).numpy().astype(np.int16)) for cid, f in features)
             write_tokens(out / f"{split}.parquet", items, meta)
 
 

@@ -82,8 +82,9 @@ def test_switch_and_back(tmp_path, monkeypatch):
     assert runner.invoke(app, ["profile", "demo"]).exit_code == 0
     assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
     # unknown profile, and local edits that no profile holds, are refused
-    assert "available: demo, paper-audiocaps, paper-audiocaps-large, paper-clotho, paper-clotho-large" in runner.invoke(app, ["profile", "nope"]).output
-    for name in ("paper-audiocaps-large", "paper-clotho-large", "demo"):
+    available = "available: demo, paper-audiocaps, paper-audiocaps-large, paper-clotho, paper-clotho-large, paper-rehearsal"
+    assert available in runner.invoke(app, ["profile", "nope"]).output
+    for name in ("paper-audiocaps-large", "paper-clotho-large", "paper-rehearsal", "demo"):
         assert runner.invoke(app, ["profile", name]).exit_code == 0
         assert (tmp_path / "params.yaml").read_bytes() == (tmp_path / f"profiles/{name}.yaml").read_bytes()
     (tmp_path / "params.yaml").write_text("seed: 1\n")

@@ -409,6 +409,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         decoder_input_ids: torch.Tensor | None = None,
         decoder_attention_mask: torch.Tensor | None = None,
         mcm_mask: torch.Tensor | None = None,
+        loss_counts: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> ClapArtOutput:
         """Caption logits and losses.
 
@@ -422,6 +423,10 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             decoder_attention_mask: ``[B, L]`` optional decoder padding mask.
             mcm_mask: ``[B, T, N]`` bool from [`mask_codes`]; masked codes are replaced by the mask id
                 and the MCM loss is computed. None = no MCM (evaluation).
+            loss_counts: for a slice of a larger batch (gradient accumulation): that batch's caption
+                tokens ``[]`` and masked entries per codebook ``[N]``. The losses are then sums over
+                this slice divided by the batch's counts, so the slices' losses (and gradients) add
+                up to the whole batch's; None = means over this batch.
 
         Returns:
             [`ClapArtOutput`].
@@ -461,11 +466,14 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
                 labels.reshape(-1),
                 ignore_index=IGNORE_INDEX,
                 label_smoothing=config.label_smoothing,
+                reduction="mean" if loss_counts is None else "sum",
             )
+            if loss_counts is not None:
+                caption_loss = caption_loss / loss_counts[0]
         mcm_loss = None
         if mcm_mask is not None:
             frame_hidden = hidden[:, self.frame_offset : self.frame_offset + frames]  # [B, T, D]
-            mcm_loss = self.mcm_loss(frame_hidden, codes, mcm_mask)
+            mcm_loss = self.mcm_loss(frame_hidden, codes, mcm_mask, None if loss_counts is None else loss_counts[1])
         loss = None
         if caption_loss is not None:
             loss = caption_loss if mcm_loss is None else caption_loss + config.mcm_weight * mcm_loss
@@ -478,7 +486,9 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             encoder_attention_mask=attention_mask,
         )
 
-    def mcm_loss(self, frame_hidden: torch.Tensor, codes: torch.Tensor, mcm_mask: torch.Tensor) -> torch.Tensor:
+    def mcm_loss(
+        self, frame_hidden: torch.Tensor, codes: torch.Tensor, mcm_mask: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``sum_i 2^-(i+1) * CE(head_i(h[masked_i]), codes[masked_i, i])``.
 
         Each codebook's cross-entropy is the mean over *its* masked entries; a codebook with no
@@ -489,6 +499,8 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             frame_hidden: ``[B, T, D]`` final encoder states at the frame positions.
             codes: ``[B, T, N]`` original (unmasked) codes.
             mcm_mask: ``[B, T, N]`` bool.
+            counts: ``[N]`` masked entries per codebook to divide each summed cross-entropy by (those
+                of the whole batch when this is a slice of it); None = each codebook's own mean.
         """
         total = frame_hidden.new_zeros((), dtype=torch.float32)
         for i, (head, weight) in enumerate(zip(self.mcm_heads, mcm_codebook_weights(self.config.num_codebooks), strict=True)):
@@ -496,7 +508,10 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             if not bool(selected.any()):
                 continue
             logits = head(frame_hidden[selected])  # [M_i, K]
-            total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected])
+            if counts is None:
+                total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected])
+            else:
+                total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected], reduction="sum") / counts[i]
         return total
 
     # ------------------------------------------------------------------ generation

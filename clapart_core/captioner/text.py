@@ -15,6 +15,7 @@ trailing newlines in corpus files would otherwise become distinct byte-level tok
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import unicodedata
@@ -70,7 +71,7 @@ def _wrap(tokenizer: Tokenizer) -> PreTrainedTokenizerFast:
 
 
 def train_caption_tokenizer(
-    captions: Iterable[str], vocab_size: int, out_dir: Path | None = None
+    captions: Iterable[str], vocab_size: int, out_dir: Path | None = None, *, pad_vocabulary: bool = False
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE caption tokenizer with BART's special-token layout.
 
@@ -79,6 +80,11 @@ def train_caption_tokenizer(
         vocab_size: upper bound on ``len(tokenizer)``, special tokens included. A small corpus can
             run out of merges first, so size the model's embedding with ``len(tokenizer)``.
         out_dir: if given, the tokenizer is written there with ``save_pretrained``.
+        pad_vocabulary: fill the ids the merges did not reach with ``<reserved_ID>`` tokens, so
+            that ``len(tokenizer) == vocab_size`` exactly and ``<mask>`` is ``vocab_size - 1``, as
+            in BART (50265 tokens, ``<mask>`` = 50264). Encoding never produces them (no merge
+            builds them); they only give a from-scratch model a pretrained tokenizer's embedding
+            and LM-head size, e.g. for the full-size cost rehearsal.
 
     Returns:
         The tokenizer; ``tokenizer("a dog barks")["input_ids"]`` starts with 0 and ends with 2.
@@ -96,6 +102,8 @@ def train_caption_tokenizer(
     )
 
     tokenizer.train_from_iterator((caption for caption in captions), trainer=trainer)
+    if pad_vocabulary:
+        tokenizer = _pad_bpe_vocabulary(tokenizer, vocab_size - 1)
     tokenizer.add_special_tokens([MASK_TOKEN])
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS_TOKEN} $A {EOS_TOKEN}",
@@ -108,6 +116,20 @@ def train_caption_tokenizer(
     if out_dir is not None:
         wrapped.save_pretrained(str(out_dir))
     return wrapped
+
+
+def _pad_bpe_vocabulary(tokenizer: Tokenizer, size: int) -> Tokenizer:
+    """``tokenizer`` with ``<reserved_ID>`` entries appended to its BPE vocabulary up to ``size`` ids.
+
+    They go into the model's vocabulary, not the added tokens: added tokens are matched in the
+    input text (49k of them would slow every call), while a vocabulary entry that no merge builds
+    is simply never produced.
+    """
+    spec = json.loads(tokenizer.to_str())
+    vocab: dict[str, int] = spec["model"]["vocab"]
+    for token_id in range(len(vocab), size):
+        vocab[f"<reserved_{token_id}>"] = token_id
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def check_special_token_ids(tokenizer: PreTrainedTokenizerFast) -> None:

@@ -44,8 +44,8 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_inverse_sqrt_schedule
 
 from clapart_core.captioner import train_state
-from clapart_core.captioner.data import CaptionExample, build_batch, tokenize_captions
-from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, small_bart_config
+from clapart_core.captioner.data import Batch, CaptionExample, build_batch, tokenize_captions
+from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, small_bart_config
 from clapart_core.captioner.model_dir import load_captioner, load_snapshot, save_captioner
 from clapart_core.captioner.text import load_caption_tokenizer, train_caption_tokenizer
 from clapart_core.captioner.validation import SELECT_BY, ValScorer, kept_epochs, validate
@@ -203,6 +203,59 @@ def _optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
 
+@dataclass
+class StepLosses:
+    """The losses of one optimiser step (the whole batch's, also when it ran in slices)."""
+
+    loss: torch.Tensor
+    caption_loss: torch.Tensor
+    mcm_loss: torch.Tensor
+
+
+def backward_batch(
+    model: ClapArtForCaptioning,
+    batch: Batch,
+    mcm_mask: torch.Tensor,
+    micro_batch_size: int,
+    device: torch.device,
+    autocast: Autocast,
+) -> StepLosses:
+    """Forward and backward one training batch, in slices of ``micro_batch_size`` rows if it is larger.
+
+    Gradient accumulation: each slice's losses are its sums divided by the whole batch's counts
+    (caption tokens, masked entries per codebook; ``loss_counts`` of the model's forward), so the
+    accumulated gradients are the whole batch's up to float rounding, and so are the returned
+    losses. Only dropout differs (its masks are drawn per slice). A slice is the batch's own rows
+    (padding included), so the model sees each clip exactly as in the whole batch. Peak memory
+    is that of one slice: a full-size Clotho batch (64 x 1022 encoder positions, bart-base) needs
+    ~28 GB of activations in one pass on a CPU (float32), ~3.5 GB per slice of 8.
+    """
+    if micro_batch_size >= batch.codes.shape[0]:
+        batch = batch.to(device)
+        with autocast():
+            out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(device))
+        out.loss.backward()
+        return StepLosses(out.loss.detach(), out.caption_loss.detach(), out.mcm_loss.detach())
+    frames = batch.codes.shape[1]
+    masked = mcm_mask[:, :frames] & batch.frame_mask[:, :, None]
+    counts = ((batch.labels != IGNORE_INDEX).sum().to(device), masked.sum(dim=(0, 1)).to(device))
+    totals = [torch.zeros((), device=device) for _ in range(3)]
+    for start in range(0, batch.codes.shape[0], micro_batch_size):
+        rows = slice(start, start + micro_batch_size)
+        part = Batch(
+            codes=batch.codes[rows],
+            frame_mask=batch.frame_mask[rows],
+            clap=None if batch.clap is None else batch.clap[rows],
+            labels=batch.labels[rows],
+        ).to(device)
+        with autocast():
+            out = model(part.codes, part.frame_mask, part.clap, labels=part.labels, mcm_mask=masked[rows].to(device), loss_counts=counts)
+        out.loss.backward()
+        for k, value in enumerate((out.loss, out.caption_loss, out.mcm_loss)):
+            totals[k] = totals[k] + value.detach()
+    return StepLosses(*totals)
+
+
 class CropGridError(ParamsError):
     """``max_frames`` breaks the tokens' time-frequency grid; the message is one sentence."""
 
@@ -247,6 +300,7 @@ class _Run:
     pairs: list[tuple[int, int]]
     epochs: int
     batch_size: int
+    micro_batch_size: int  # rows per forward/backward pass (gradient accumulation); batch_size = no slicing
     steps_per_epoch: int
     total_steps: int
     grad_clip: float
@@ -382,7 +436,8 @@ def _prepare(
     return _Run(
         model=model, tokenizer=tokenizer, optimizer=optimizer, scheduler=scheduler, generators=generators,
         device=device, autocast=autocast, train=train, val=val, train_ids=train_ids, val_ids=val_ids, pairs=pairs,
-        epochs=epochs, batch_size=batch_size, steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
+        epochs=epochs, batch_size=batch_size, micro_batch_size=int(train_params.get("micro_batch_size") or 0) or batch_size,
+        steps_per_epoch=steps_per_epoch, total_steps=epochs * steps_per_epoch,
         grad_clip=float(train_params["grad_clip"]), log_every=int(train_params.get("log_every") or DEFAULT_LOG_EVERY),
         checkpoint_every=int(train_params.get("checkpoint_every") or 0), crop_step=crop_step, n_params=n_params,
         ckpt_path=ckpt_path, fingerprint=fingerprint, select_metric=select_metric, select_by=select_by, scorer=scorer,
@@ -564,11 +619,8 @@ def _optimisation_step(run: _Run, chunk: Sequence[tuple[int, int]]) -> tuple[dic
     )
     # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
     mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, run.generators["mcm"])
-    batch = batch.to(run.device)
-    with run.autocast():
-        out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(run.device))
     run.optimizer.zero_grad(set_to_none=True)
-    out.loss.backward()
+    out = backward_batch(model, batch, mcm_mask, run.micro_batch_size, run.device, run.autocast)
     torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
     lr_used = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
@@ -682,7 +734,8 @@ def train_captioner(
         train_params: ``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``weight_decay``,
             ``label_smoothing``, ``grad_clip``, ``mcm_weight``, ``mcm_prob``, ``mcm_span``,
             ``device``, ``bf16``, ``num_threads`` (0/None = all cores), optional ``timescale``
-            (of the inverse-sqrt schedule; None = the warm-up), ``select_by`` (``spider`` |
+            (of the inverse-sqrt schedule; None = the warm-up), ``micro_batch_size`` (rows per forward/backward pass, see
+            [`backward_batch`]; 0/None = the whole batch), ``select_by`` (``spider`` |
             ``cider_d`` | ``loss``; absent = ``loss``), ``keep_best`` (epochs kept besides the
             selected one's folder; absent = 0), ``log_every``, ``resume`` (continue from a
             matching checkpoint in ``checkpoint_dir``) and ``checkpoint_every`` (steps between

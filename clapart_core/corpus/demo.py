@@ -63,6 +63,7 @@ __all__ = [
     "DemoEvent",
     "caption_vocabulary",
     "demo_scenes",
+    "draw_scene",
     "generate_demo_corpus",
     "read_scenes",
     "synthesize_clip",
@@ -376,6 +377,20 @@ def _assign_splits(layouts: list[str], splits: tuple[float, float, float], seed:
     return out
 
 
+def draw_scene(index: int, clip_seconds: float, seed: int) -> tuple[str, tuple[DemoEvent, ...], tuple[str, ...]]:
+    """Layout, events and five captions of clip ``index`` in a clip of ``clip_seconds`` seconds.
+
+    What :func:`demo_scenes` draws per clip, for callers that choose each clip's duration and
+    split themselves (the rehearsal corpora, :mod:`clapart_core.corpus.rehearsal`). Seeded from
+    ``SeedSequence(seed, spawn_key=(0, index))`` only, like :func:`synthesize_clip`.
+    """
+    if clip_seconds < 3.0:
+        raise ValueError(f"clip_seconds must be >= 3.0 to fit three events, got {clip_seconds}")
+    scene_ss, _synth_ss, caption_ss = np.random.SeedSequence(seed, spawn_key=(0, index)).spawn(3)
+    layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss))
+    return layout, events, _captions(layout, events, np.random.default_rng(caption_ss))
+
+
 def demo_scenes(
     n_clips: int = 400,
     clip_seconds: float = 4.0,
@@ -395,12 +410,7 @@ def demo_scenes(
         raise ValueError(f"splits must be three positive fractions summing to 1, got {splits}")
     if n_clips * min(splits) < 1:
         raise ValueError(f"n_clips={n_clips} is too few to give every split a clip with {splits}")
-    drafts = []
-    for i in range(n_clips):
-        scene_ss, _synth_ss, caption_ss = np.random.SeedSequence(seed, spawn_key=(0, i)).spawn(3)
-        layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss))
-        captions = _captions(layout, events, np.random.default_rng(caption_ss))
-        drafts.append((layout, events, captions))
+    drafts = [draw_scene(i, clip_seconds, seed) for i in range(n_clips)]
     split_of = _assign_splits([d[0] for d in drafts], tuple(splits), seed)
     return [
         DemoClip(index=i, name=f"demo_{i:05d}", split=split_of[i], layout=layout,

@@ -167,6 +167,7 @@ class Encodec(Section):
 
 class Clap(Section):
     checkpoint: ModelName
+    random: dict[str, Any]  # sizes of the seeded random CLAP (checkpoint null); checked before it is built
     batch_size: PositiveInt
     device: Device
 
@@ -220,6 +221,7 @@ class Model(Section):
 class Train(Section):
     epochs: PositiveInt
     batch_size: PositiveInt
+    micro_batch_size: Count  # rows per forward/backward pass (gradient accumulation); 0: the whole batch
     lr: float = Field(ge=0.0)  # 0 keeps the weights as loaded (a check that a fine-tune starts from its model)
     warmup_steps: Count
     weight_decay: float = Field(ge=0.0)

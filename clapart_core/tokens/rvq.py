@@ -35,6 +35,12 @@ from clapart_core.pipeline.errors import ParamsError
 log = logging.getLogger(__name__)
 
 
+#: FAISS's floor: with fewer sample points per centroid its k-means warns ("please provide at
+#: least 39*K training points"), and the centroids fit the sample rather than the features
+#: (at 2 per centroid the rehearsal's reduced run reached 0 residual energy on the sample)
+MIN_POINTS_PER_CENTROID = 39
+
+
 @dataclass(frozen=True)
 class KMeansConfig:
     """FAISS k-means settings for one codebook layer.
@@ -106,6 +112,15 @@ def fit_residual_codebooks(
         raise ParamsError(
             f"cannot fit {codebook_size} centroids on {m} feature frames: "
             "lower rvq.codebook_size or use more training audio"
+        )
+    if m < MIN_POINTS_PER_CENTROID * codebook_size:
+        # a warning, not an error: small corpora (tests, rehearsals) must still run end to end
+        log.warning(
+            "rvq: %d sample frames for %d centroids per layer is %.1f per centroid, under the %d FAISS asks for: "
+            "the codebooks will fit the sample, not the features; use at least %d frames (~%d clips of 10 s, "
+            "rvq.kmeans.max_samples permitting) or lower rvq.codebook_size",
+            m, codebook_size, m / codebook_size, MIN_POINTS_PER_CENTROID,
+            MIN_POINTS_PER_CENTROID * codebook_size, math.ceil(MIN_POINTS_PER_CENTROID * codebook_size / 496),  # 496 patches per 10 s
         )
     residual = np.ascontiguousarray(x, dtype=np.float32).copy()
     codebooks = np.empty((num_layers, codebook_size, d), dtype=np.float32)
