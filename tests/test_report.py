@@ -8,12 +8,13 @@ def _notes(rev, scores_file):
     return {"n_clips": 1045 if "finetune" in scores_file else 60, "baseline_cider_d": 0.5}
 
 
-def _run(name, etype, layers, clap, cider, spider=None, size=256):
+def _run(name, etype, layers, clap, cider, spider=None, size=256, layout=None):
+    model = {"use_clap": clap} if layout is None else {"use_clap": clap, "token_layout": layout}  # None: a run from before the key
     return {
         "rev": name * 3,
         "name": name,
         "data": {
-            "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}}},
+            "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": model}}},
             "metrics": {
                 "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1}},
                 "metrics/decode.json": {"data": {"n_skipped": 0}},  # not a scores file: no row
@@ -30,6 +31,7 @@ EXP_SHOW = [
             {"revs": [_run("l8", "beats_rvq", 8, True, 1.1)]},
             {"revs": [_run("l1", "beats_rvq", 1, True, 0.7)]},
             {"revs": [_run("noclap", "beats_rvq", 16, False, 1.2)]},
+            {"revs": [_run("time", "beats_rvq", 16, True, 1.25, layout="time")]},
             {"revs": [_run("enc", "encodec", 16, True, 0.9)]},
             {"revs": [_run("hub", "hubert_rvq", 16, True, 0.8)]},
             {"revs": [_run("st", "speechtokenizer", 16, True, 0.6, size=1024)]},
@@ -42,7 +44,7 @@ EXP_SHOW = [
 
 def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     rows = collect_rows(EXP_SHOW, notes=_notes)
-    assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "enc", "hub", "st", "old"]
+    assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "time", "enc", "hub", "st", "old"]
     by_run = {r["run"]: r for r in rows}
     # rvq.* applies to the types whose codes come from the codebooks, and to no other
     for run in ("enc", "st", "old"):
@@ -50,10 +52,12 @@ def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     assert (by_run["hub"]["rvq.layers"], by_run["hub"]["rvq.codebook_size"]) == (16, 256)
     assert (by_run["l8"]["rvq.layers"], by_run["l8"]["rvq.codebook_size"]) == (8, 256)
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | True | – | 1.1000 |" in md
-    assert "| st | main | – | True | speechtokenizer | – | – | True | – | 0.6000 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | True | flat | – | 1.1000 |" in md
+    assert "| st | main | – | True | speechtokenizer | – | – | True | flat | – | 0.6000 |" in md
+    # the token layout is a column; runs from before the key existed read as flat
+    assert "| time | main | – | True | beats_rvq | 16 | 256 | True | time | – | 1.2500 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,model.use_clap,spider"
+    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,model.use_clap,model.token_layout,spider"
     assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith(header)
 
 
@@ -62,9 +66,11 @@ def test_plot_uses_cider_without_spice_and_draws_each_clap_setting(tmp_path):
     metric = write_layers_svg(rows, tmp_path / "p.svg")
     svg = (tmp_path / "p.svg").read_text()
     assert metric == "cider_d" and "with CLAP" in svg and "without CLAP" in svg
-    # l1, l8, l16 with CLAP and l16 without (beats_rvq); hubert_rvq's l16 with CLAP: its own line
-    assert svg.count("<circle") == 5 and svg.count("<path") == 3
-    assert "beats_rvq, with CLAP" in svg and "hubert_rvq, with CLAP" in svg and "K=" not in svg
+    # l1, l8, l16 with CLAP and l16 without (beats_rvq, flat); the time layout's l16 and hubert_rvq's
+    # l16 with CLAP: their own lines (a path each)
+    assert svg.count("<circle") == 6 and svg.count("<path") == 4
+    assert "beats_rvq, flat layout, with CLAP" in svg and "beats_rvq, time layout, with CLAP" in svg
+    assert "hubert_rvq, flat layout, with CLAP" in svg and "K=" not in svg
     rows[0]["spider"] = 0.5
     assert write_layers_svg(rows, tmp_path / "q.svg") == "spider"
 
@@ -110,7 +116,7 @@ def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
     assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
         ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
     ]
-    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | True | – | 1.4000 |" in to_markdown(rows)
+    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | True | flat | – | 1.4000 |" in to_markdown(rows)
     write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
     assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's
 

@@ -27,7 +27,7 @@ from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
     "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "model.use_clap",
-    "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
+    "model.token_layout", "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
 SCORE_COLUMNS = ("spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l")
@@ -133,6 +133,8 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
                 "rvq.layers": _get(params, "rvq.layers") if rvq else None,
                 "rvq.codebook_size": _get(params, "rvq.codebook_size") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
+                # runs from before the key existed were flat (one encoder position per code frame)
+                "model.token_layout": _get(params, "model.token_layout") or "flat",
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
             }
@@ -185,21 +187,24 @@ def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One label per row naming its line: the CLAP setting, plus the token type and the codebook
-    size where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, with/without CLAP)."""
+    """One label per row naming its line: the CLAP setting, plus the token type, the codebook size and
+    the token layout where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, flat,
+    with/without CLAP)."""
     vary_type = len({r["encoder.type"] for r in rows}) > 1
     vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
+    vary_layout = len({r.get("model.token_layout") for r in rows}) > 1
     labels = []
     for r in rows:
         parts = [str(r["encoder.type"])] if vary_type else []
         parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
+        parts += [f"{r.get('model.token_layout')} layout"] if vary_layout else []
         labels.append(", ".join([*parts, "with CLAP" if r["model.use_clap"] else "without CLAP"]))
     return labels
 
 
 def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
     """Plot the metric against ``rvq.layers`` (log2 axis) for the runs with RVQ codebooks, one line per
-    token type, codebook size and CLAP setting (:func:`_line_labels`), one point per run: its
+    token type, codebook size, token layout and CLAP setting (:func:`_line_labels`), one point per run: its
     selected epoch (rows of other kept epochs are left out); returns the metric name."""
     import math
 
