@@ -1,7 +1,8 @@
 """Training the ART-token captioner: model and optimiser set-up, the training loop, resume.
 
 Recipe (EnCLAP, see design.md): every (clip, caption) pair is one example; each batch draws a
-random crop of at most ``max_frames`` frames per clip and a fresh MCM mask; the loss is the
+random crop of at most ``max_frames`` encoder positions per clip (frames; time steps of
+``freq_patches`` frames in the ``time`` token layout) and a fresh MCM mask; the loss is the
 label-smoothed caption cross-entropy plus ``mcm_weight`` × the weighted MCM loss; AdamW with
 weight decay by EnCLAP's name rule, gradient clipping, and transformers' inverse-square-root
 schedule (linear warm-up, ``timescale``). Training crops of BEATs tokens start on the
