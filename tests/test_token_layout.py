@@ -19,6 +19,7 @@ from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, sm
 from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.training import TokenLayoutError, backward_batch, layout_kwargs, train_captioner
 from clapart_core.encoders.beats import num_patches
+from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.pipeline.config import PreflightError, preflight
 from clapart_core.pipeline.params import load_params
 
@@ -185,9 +186,15 @@ def test_the_time_layout_is_refused_without_a_frequency_axis():
         "params.yaml: model.token_layout = time needs tokens with a frequency axis, but encodec tokens have one code per time step; "
         "use model.token_layout: flat"
     )
-    params["encoder"]["type"] = "beats_rvq"
     params["model"]["max_frames"] = 1000  # time steps: need not be a multiple of 8
-    preflight(params)
+    for name, kind in TOKEN_TYPES.items():  # BEATs-RVQ and BEATs-AT pass, every type without a frequency axis is refused
+        params["encoder"]["type"] = name
+        if kind.freq_patches > 1:
+            preflight(params)
+        else:
+            with pytest.raises(PreflightError, match=f"but {name} tokens have one code per time step"):
+                preflight(params)
+    assert {n for n, k in TOKEN_TYPES.items() if k.freq_patches > 1} == {"beats_rvq", "beats_tokenizer"}
 
 
 def test_the_flat_layout_is_unchanged():
