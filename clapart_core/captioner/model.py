@@ -27,12 +27,13 @@ sequence ``[B, T, N]`` (BEATs: index ``8 t + f``, F = ``freq_patches`` codes per
   (a partial last step is padded with the pad id, which embeds to zero) and each step's F x N codes
   become one embedding that keeps the frequency identity, chosen by ``frequency_embedding``:
 
-  - ``projection`` (default): the flat layout's N shared tables give one vector per patch
+  - ``tables`` (default): one table per (frequency, codebook), ``sum_{f,n} E_{f,n}[c_{t,f,n}]``, and F x N
+    heads. F times the front end's parameters (~176 M more at the paper's N=16, K=1024, D=768).
+  - ``projection``: the flat layout's N shared tables give one vector per patch
     ``x_f = sum_n E_n[c_{t,f,n}]`` and a learned per-frequency linear map folds them,
     ``sum_f W_f x_f`` = ``Linear(F*D, D)`` of the concatenation; MCM unfolds each step's final
-    state with ``Linear(D, F*D)`` and the N heads predict each patch's code.
-  - ``tables``: one table per (frequency, codebook), ``sum_{f,n} E_{f,n}[c_{t,f,n}]``, and F x N
-    heads. F times the front end's parameters (~100 M more at the paper's N=16, K=1024, D=768).
+    state with ``Linear(D, F*D)`` and the N heads predict each patch's code. ~9 M parameters more
+    than the flat layout at that size, but on the demo it learned far less (docs/design-notes.md).
 
   (An *additive* frequency embedding ``sum_f (x_f + e_f)`` would not do: summed over f it is a
   constant, so the band identity would be lost.) MCM masks spans of time steps, independently per
@@ -72,7 +73,7 @@ IGNORE_INDEX = -100
 #: ``token_layout`` values: one encoder position per code frame, or per time step
 TOKEN_LAYOUTS = ("flat", "time")
 #: ``frequency_embedding`` values (time layout only)
-FREQUENCY_EMBEDDINGS = ("projection", "tables")
+FREQUENCY_EMBEDDINGS = ("tables", "projection")
 
 
 class ClapArtConfig(PreTrainedConfig):
@@ -98,9 +99,9 @@ class ClapArtConfig(PreTrainedConfig):
         token_layout: ``"flat"`` (one encoder position per code frame) or ``"time"`` (one per time
             step of ``freq_patches`` frames; see the module docstring).
         freq_patches: F, code frames per time step of the tokens (BEATs: 8); the time layout needs > 1.
-        frequency_embedding: how the time layout keeps the frequency identity: ``"projection"``
-            (shared code tables + per-frequency linear maps) or ``"tables"`` (per-frequency code
-            tables and heads); unused in the flat layout.
+        frequency_embedding: how the time layout keeps the frequency identity: ``"tables"``
+            (per-frequency code tables and heads) or ``"projection"`` (shared code tables +
+            per-frequency linear maps); unused in the flat layout.
     """
 
     model_type = "clapart"
@@ -119,7 +120,7 @@ class ClapArtConfig(PreTrainedConfig):
     label_smoothing: float = 0.2
     token_layout: str = "flat"
     freq_patches: int = 1
-    frequency_embedding: str = "projection"
+    frequency_embedding: str = "tables"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -119,7 +119,7 @@ def layout_kwargs(model_params: dict) -> dict:
     return {
         "token_layout": layout,
         "freq_patches": patches if layout == "time" else 1,
-        "frequency_embedding": str(model_params.get("frequency_embedding") or "projection"),
+        "frequency_embedding": str(model_params.get("frequency_embedding") or "tables"),
     }
 
 

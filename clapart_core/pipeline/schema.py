@@ -208,7 +208,7 @@ class Model(Section):
     use_clap: bool
     max_frames: PositiveInt  # positions (frames, or time steps in the time layout); + 2 <= a pretrained BART's positions: preflight
     token_layout: Literal["flat", "time"]  # time needs tokens with a frequency axis: checked by preflight
-    frequency_embedding: Literal["projection", "tables"]
+    frequency_embedding: Literal["tables", "projection"]
 
     @model_validator(mode="after")
     def _from_scratch(self) -> Model:
