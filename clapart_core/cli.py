@@ -405,6 +405,33 @@ def rehearsal_corpus(
     typer.echo(f"{out}: {len(clips)} clips ({hours:.2f} h of audio); AudioCaps {tuple(audiocaps)}, Clotho {tuple(clotho)} (train, val, test)")
 
 
+@app.command("demo-corpus")
+def demo_corpus(
+    out: Annotated[Path, typer.Argument(help="Root to write (folder layout; an earlier demo corpus there is replaced).")],
+    clips: Annotated[int, typer.Option(help="Clips in all (70/15/15 train/val/test).")] = 400,
+    seconds: Annotated[float, typer.Option(help="Clip length (s).")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Corpus seed (same seed, same files; the pipeline's demo uses params seed).")] = 1115,
+    layout: Annotated[
+        list[str] | None, typer.Option(metavar="NAME=WEIGHT", help="Scene layout weight (repeatable; unnamed layouts get 0; default: the demo's mix).")
+    ] = None,
+) -> None:
+    """Generate a synthetic demo corpus in the folder layout, e.g. a second corpus with other event mixes
+    for `dvc exp run -S codebook_corpus.source=folder -S codebook_corpus.root=OUT`."""
+    from clapart_core.corpus.demo import LAYOUTS, generate_demo_corpus
+
+    weights = None
+    if layout:
+        try:
+            weights = {name: float(w) for name, w in (item.split("=", 1) for item in layout)}
+        except ValueError:
+            _fail(f"--layout takes NAME=WEIGHT with NAME one of {', '.join(LAYOUTS)}, got {' '.join(layout)}")
+    try:
+        generate_demo_corpus(out, n_clips=clips, clip_seconds=seconds, seed=seed, layout_weights=weights)
+    except (FileExistsError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"{out}: {clips} demo clips of {seconds:g} s (seed {seed}, layouts {weights or 'default'})")
+
+
 @app.command()
 def results(
     md: Annotated[Path | None, typer.Option(help="Write the table as Markdown here.")] = None,

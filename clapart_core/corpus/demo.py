@@ -324,9 +324,9 @@ def _sequence_slots(n: int, t0: float, t1: float, rng: np.random.Generator) -> l
     return slots
 
 
-def _scene(clip_seconds: float, rng: np.random.Generator) -> tuple[str, tuple[DemoEvent, ...]]:
-    """Draw a layout and its events (foreground in time order, then background)."""
-    layout = str(rng.choice(LAYOUTS, p=_LAYOUT_P))
+def _scene(clip_seconds: float, rng: np.random.Generator, layout_p: np.ndarray = _LAYOUT_P) -> tuple[str, tuple[DemoEvent, ...]]:
+    """Draw a layout (probabilities ``layout_p`` over :data:`LAYOUTS`) and its events (foreground in time order, then background)."""
+    layout = str(rng.choice(LAYOUTS, p=layout_p))
     t0, t1 = _EDGE_S, clip_seconds - _EDGE_S
     n_fg = {"single": 1, "sequence": 2, "overlap": 1, "sequence3": 3, "sequence_over": 2}[layout]
     has_bg = layout in ("overlap", "sequence_over")
@@ -377,7 +377,9 @@ def _assign_splits(layouts: list[str], splits: tuple[float, float, float], seed:
     return out
 
 
-def draw_scene(index: int, clip_seconds: float, seed: int) -> tuple[str, tuple[DemoEvent, ...], tuple[str, ...]]:
+def draw_scene(
+    index: int, clip_seconds: float, seed: int, layout_p: np.ndarray = _LAYOUT_P
+) -> tuple[str, tuple[DemoEvent, ...], tuple[str, ...]]:
     """Layout, events and five captions of clip ``index`` in a clip of ``clip_seconds`` seconds.
 
     What :func:`demo_scenes` draws per clip, for callers that choose each clip's duration and
@@ -387,8 +389,21 @@ def draw_scene(index: int, clip_seconds: float, seed: int) -> tuple[str, tuple[D
     if clip_seconds < 3.0:
         raise ValueError(f"clip_seconds must be >= 3.0 to fit three events, got {clip_seconds}")
     scene_ss, _synth_ss, caption_ss = np.random.SeedSequence(seed, spawn_key=(0, index)).spawn(3)
-    layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss))
+    layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss), layout_p)
     return layout, events, _captions(layout, events, np.random.default_rng(caption_ss))
+
+
+def _layout_probabilities(weights: dict[str, float] | None) -> np.ndarray:
+    """``{layout: weight}`` -> probabilities over :data:`LAYOUTS` (None: the default mix)."""
+    if weights is None:
+        return _LAYOUT_P
+    unknown = sorted(set(weights) - set(LAYOUTS))
+    if unknown:
+        raise ValueError(f"unknown layout {unknown[0]!r}; choose among {', '.join(LAYOUTS)}")
+    w = np.array([float(weights.get(name, 0.0)) for name in LAYOUTS])
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"layout weights must be >= 0 with a positive sum, got {weights}")
+    return w / w.sum()
 
 
 def demo_scenes(
@@ -396,8 +411,13 @@ def demo_scenes(
     clip_seconds: float = 4.0,
     seed: int = 1115,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    layout_weights: dict[str, float] | None = None,
 ) -> list[DemoClip]:
     """The scene descriptions (no audio) that :func:`generate_demo_corpus` renders.
+
+    ``layout_weights`` (layout name -> relative weight, the others 0; None = the default mix)
+    draws another mix of scenes: e.g. only ``sequence3`` and ``sequence_over`` for a corpus of
+    busier clips (a second corpus for the codebooks, params ``codebook_corpus``).
 
     Returns:
         ``n_clips`` :class:`DemoClip` in index order, each with its split, events and captions.
@@ -410,7 +430,8 @@ def demo_scenes(
         raise ValueError(f"splits must be three positive fractions summing to 1, got {splits}")
     if n_clips * min(splits) < 1:
         raise ValueError(f"n_clips={n_clips} is too few to give every split a clip with {splits}")
-    drafts = [draw_scene(i, clip_seconds, seed) for i in range(n_clips)]
+    layout_p = _layout_probabilities(layout_weights)
+    drafts = [draw_scene(i, clip_seconds, seed, layout_p) for i in range(n_clips)]
     split_of = _assign_splits([d[0] for d in drafts], tuple(splits), seed)
     return [
         DemoClip(index=i, name=f"demo_{i:05d}", split=split_of[i], layout=layout,
@@ -619,6 +640,7 @@ def generate_demo_corpus(
     sample_rate: int = 16000,
     seed: int = 1115,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    layout_weights: dict[str, float] | None = None,
 ) -> None:
     """Write the demo corpus in the ``folder`` layout under ``root`` (deterministic per seed).
 
@@ -630,7 +652,7 @@ def generate_demo_corpus(
     import soundfile as sf  # local: keeps scene-only use (demo_scenes) free of libsndfile
 
     root = Path(root)
-    clips = demo_scenes(n_clips, clip_seconds, seed, tuple(splits))
+    clips = demo_scenes(n_clips, clip_seconds, seed, tuple(splits), layout_weights)
     prepare_generated_root(root, DEMO_MARKER, "generate_demo_corpus", ["audio", *(f"{s}.csv" for s in SPLITS), "scenes.json"])
     for split in SPLITS:
         (root / "audio" / split).mkdir(parents=True, exist_ok=True)

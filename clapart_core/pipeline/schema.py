@@ -184,6 +184,7 @@ class Rvq(Section):
     codebook_size: Annotated[int, Field(ge=2, le=MAX_CODEBOOK_SIZE), AfterValidator(_power_of_two)]
     layers: PositiveInt
     kmeans: KMeans
+    codebooks_file: Annotated[str, Field(min_length=1)] | None  # an rvq.npz fitted elsewhere; null = fit here
 
     @model_validator(mode="after")
     def _fits(self) -> Rvq:
@@ -256,6 +257,27 @@ class FinetunePhase(Section):
     train: dict[str, Any]
 
 
+class CodebookCorpus(Section):
+    """``codebook_corpus``: the corpus the codebooks are fitted on (null source: the training split).
+
+    Shaped like a ``finetune`` entry's ``data``: ``source`` and ``root``, plus any other ``data``
+    key to override; the overlaid ``data`` is validated whole by :func:`validate_params`.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    source: Literal[DATA_SOURCES] | None
+    root: Annotated[str, Field(min_length=1)] | None
+
+    @model_validator(mode="after")
+    def _root_given(self) -> CodebookCorpus:
+        if self.source is not None and self.root is None:
+            raise _cross("root", None, f"must name the corpus folder when codebook_corpus.source = {self.source!r}")
+        bad = sorted(set(self.model_extra or {}) - set(Data.model_fields))
+        if bad:
+            raise _cross(bad[0], (self.model_extra or {})[bad[0]], f"is not a data key (codebook_corpus overrides data: {', '.join(Data.model_fields)})")
+        return self
+
+
 class Params(Section):
     """The whole of ``params.yaml``."""
 
@@ -270,6 +292,7 @@ class Params(Section):
     speechtokenizer: SpeechTokenizer
     clap: Clap
     rvq: Rvq
+    codebook_corpus: CodebookCorpus
     model: Model
     train: Train
     finetune: dict[str, FinetunePhase]
@@ -378,6 +401,11 @@ def validate_params(params: Any, where: str = "params.yaml") -> Params:
         checked = Params.model_validate(params)
     except ValidationError as err:
         raise ParamsError(_message(err, where)) from None
+    if params["codebook_corpus"]["source"] is not None:
+        try:
+            Data.model_validate(merge_params(params["data"], params["codebook_corpus"]))
+        except ValidationError as err:
+            raise ParamsError(_message(err, where, ("codebook_corpus",))) from None
     for phase, entry in params["finetune"].items():
         try:
             merged = merge_params(params, entry)

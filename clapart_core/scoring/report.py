@@ -26,7 +26,7 @@ from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
-    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "model.use_clap",
+    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "codebook_corpus", "rvq_error", "model.use_clap",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
@@ -89,6 +89,22 @@ def read_notes(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str,
     return _side_file(rev, notes_path(Path(scores_file)).as_posix(), cwd)
 
 
+def read_rvq(rev: str, _scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
+    """``metrics/rvq.json`` (the codebooks' source and their error on the training split) as run
+    ``rev`` left it, as :func:`read_notes`; the fine-tunes share the main run's codebooks."""
+    return _side_file(rev, "metrics/rvq.json", cwd)
+
+
+def codebook_corpus(params: dict[str, Any]) -> str:
+    """Where a run's codebooks come from, for the ``codebook_corpus`` column: ``train split``
+    (fitted on the training split, as the paper; also runs from before the choice existed),
+    ``SOURCE:ROOT`` (params ``codebook_corpus``) or ``file:PATH`` (``rvq.codebooks_file``)."""
+    file, source = _get(params, "rvq.codebooks_file"), _get(params, "codebook_corpus.source")
+    if file:
+        return f"file:{file}"
+    return f"{source}:{_get(params, 'codebook_corpus.root')}" if source else "train split"
+
+
 def read_epochs(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
     """The ``*_epochs.json`` beside ``scores_file`` (selected and kept epochs, see
     ``clapart_core.scoring.metrics.write_epoch_scores``) as run ``rev`` left it, as :func:`read_notes`."""
@@ -103,12 +119,15 @@ def _side_file(rev: str, path: str, cwd: Path | None) -> dict[str, Any]:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes, epochs: NotesReader = read_epochs) -> list[dict[str, Any]]:
+def collect_rows(
+    exp_show: list[dict[str, Any]], notes: NotesReader = read_notes, epochs: NotesReader = read_epochs, rvq_report: NotesReader = read_rvq
+) -> list[dict[str, Any]]:
     """One row per run and phase that has scores (its selected epoch), then one per other kept
     epoch of it; duplicates of the same run (workspace = HEAD) are kept once.
 
-    ``notes(rev, scores_file)`` and ``epochs(rev, scores_file)`` give the side files of a run's
-    scores (see :func:`read_notes`, :func:`read_epochs`).
+    ``notes(rev, scores_file)``, ``epochs(rev, scores_file)`` and ``rvq_report(rev, scores_file)``
+    give the side files of a run's scores (see :func:`read_notes`, :func:`read_epochs`,
+    :func:`read_rvq`): ``rvq_error`` is the codebooks' relative error on the training split's frames.
     """
     rows, seen = [], set()
     for run in _runs(exp_show):
@@ -132,6 +151,8 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
                 "encoder.type": _get(params, "encoder.type"),
                 "rvq.layers": _get(params, "rvq.layers") if rvq else None,
                 "rvq.codebook_size": _get(params, "rvq.codebook_size") if rvq else None,
+                "codebook_corpus": codebook_corpus(params) if rvq else None,
+                "rvq_error": rvq_report(rev, metrics_file).get("relative_error") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
