@@ -37,7 +37,7 @@ TINY = {"data": {"demo": {"n_clips": 40}}, "beats": {"batch_size": 2}, "rvq": {"
 
 # Runs a stage module and SIGKILLs its own process at an exact point:
 #   replace N: just before the N-th rename of a "*.partial" file (a shard, key.json or the final file)
-#   clip N:    when the stage reads its N-th feature clip (tokenize: mid-write of a token file)
+#   clip N:    when the stage encodes its N-th feature clip (tokenize: mid-split, before its token file)
 KILLER = r"""
 import os, runpy, signal, sys
 module, mode, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -55,13 +55,12 @@ if mode == "replace":
         return real_replace(src, dst, *args, **kwargs)
     os.replace = replace
 else:
-    from clapart_core.encoders import extract as features
-    real_iter = features.iter_features
-    def iter_features(path):
-        for item in real_iter(path):
-            tick()
-            yield item
-    features.iter_features = iter_features
+    from clapart_core.tokens import rvq
+    real_encode = rvq.ResidualVQ.encode
+    def encode(self, x):
+        tick()
+        return real_encode(self, x)
+    rvq.ResidualVQ.encode = encode
 sys.argv = [module]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
