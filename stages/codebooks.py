@@ -1,11 +1,14 @@
 """Stage `codebooks`: the rvq.max_layers x rvq.codebook_size residual k-means codebooks ->
-data/codebooks/rvq.npz, metrics/rvq.json. Fitted on a seeded sample of training-split encoder
-frames, or of every split of the codebook corpus (params codebook_corpus, encoded by the cb_*
-stages with the same encoder), or taken from rvq.codebooks_file (checked against this run's
-encoder). metrics/rvq.json measures them on the training split's seeded sample whichever source
-they come from, so runs compare directly. Does not read rvq.layers: the first k layers of this fit
-are the k-layer fit. For the token types whose codes come straight from the encoder there is
-nothing to fit; the files say so."""
+data/codebooks/rvq.npz, metrics/rvq.json. Fitted on a seeded sample of at most
+rvq.kmeans.max_samples training-split encoder frames, or of every split of the codebook corpus
+(params codebook_corpus, encoded by the cb_* stages with the same encoder), or taken from
+rvq.codebooks_file (checked against this run's encoder). The sample is read without loading the
+features (encoders/extract.py sample_frames: peak memory does not grow with the corpus,
+bench/codebooks_memory.py); FAISS's GPU k-means runs across all visible GPUs where
+rvq.kmeans.gpu says so. metrics/rvq.json measures the codebooks on the training split's seeded
+sample whichever source they come from, so runs compare directly. Does not read rvq.layers: the
+first k layers of this fit are the k-layer fit. For the token types whose codes come straight
+from the encoder there is nothing to fit; the files say so."""
 
 import json
 from pathlib import Path
@@ -17,7 +20,16 @@ from clapart_core.encoders.extract import sample_frames
 from clapart_core.pipeline import atomic
 from clapart_core.pipeline.errors import MissingInputError
 from clapart_core.pipeline.params import SPLITS, Workspace, codebook_corpus_unused, read_config, run_stage
-from clapart_core.tokens.rvq import KMeansConfig, check_codebooks_file, codebook_summary, features_fingerprint, fit_residual_codebooks, save_codebooks
+from clapart_core.pipeline.storage import RaggedReader
+from clapart_core.tokens.rvq import (
+    KMeansConfig,
+    check_codebooks_file,
+    codebook_summary,
+    features_fingerprint,
+    fit_residual_codebooks,
+    kmeans_gpus,
+    save_codebooks,
+)
 
 TARGET = Path("data/features/encoder/train.h5")
 
@@ -54,14 +66,19 @@ def main(_params: dict[str, Any], _ws: Workspace) -> None:  # main phase only: f
         summary["codebooks"] = {"source": "file", "path": file["path"], "sha256": file["sha256"], "fitted_on": meta.get("corpus")}
     else:
         corpus = cfg["corpus"]
+        gpus = kmeans_gpus(km["gpu"])  # before the sample is read: `true` without a GPU fails at once
         sample = target if corpus is None else _corpus_sample(km)
         fit_sample = None if corpus is None else sample
-        codebooks = fit_residual_codebooks(sample, cfg["max_layers"], cfg["codebook_size"], KMeansConfig(niter=km["niter"], seed=km["seed"]))
+        kmeans = KMeansConfig(niter=km["niter"], seed=km["seed"], gpu=gpus)
+        codebooks = fit_residual_codebooks(sample, cfg["max_layers"], cfg["codebook_size"], kmeans)
         where = "training split" if corpus is None else f"codebook_corpus {corpus['source']}:{corpus['root']}"
-        meta = {"fit": True, "seed": km["seed"], "sample_size": len(sample), "niter": km["niter"], "encoder": fingerprint, "corpus": where}
-        # FAISS wants >= 39 points per centroid (rvq.MIN_POINTS_PER_CENTROID); below, the fit logs a warning
+        # the GPU count is recorded: FAISS's GPU k-means rounds differently, so the codebooks differ from a CPU fit's
+        meta = {"fit": True, "seed": km["seed"], "sample_size": len(sample), "niter": km["niter"], "gpus": gpus, "encoder": fingerprint, "corpus": where}
         summary["codebooks"] = {"source": "fitted", "fitted_on": where}
-        summary.update(sample_size=len(sample), points_per_centroid=round(len(sample) / cfg["codebook_size"], 1))
+        # FAISS wants >= 39 points per centroid (rvq.MIN_POINTS_PER_CENTROID); below, the fit logs a warning
+        summary.update(sample_size=len(sample), points_per_centroid=round(len(sample) / cfg["codebook_size"], 1), kmeans_gpus=gpus)
+    with RaggedReader(TARGET) as reader:
+        summary["training_frames"] = int(reader.offsets[-1])
     save_codebooks("data/codebooks/rvq.npz", codebooks, **meta)
     summary.update(codebook_summary(target, codebooks, fit_sample))
     atomic.write_text("metrics/rvq.json", json.dumps(summary, indent=2) + "\n")

@@ -56,7 +56,7 @@ def _project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: dict | Non
     monkeypatch.chdir(tmp_path)
     config = Path("data/config")
     config.mkdir(parents=True)
-    kmeans = {"niter": 5, "max_samples": 100000, "seed": 3}
+    kmeans = {"niter": 5, "max_samples": 100000, "seed": 3, "gpu": False}
     settings = {"fit": True, "max_layers": LAYERS, "codebook_size": K, "kmeans": kmeans, "codebooks_file": file, "corpus": corpus}
     (config / "codebooks.json").write_text(json.dumps(settings))
     (config / "tokenize.json").write_text(json.dumps({"type": "beats_rvq", "layers": LAYERS}))
@@ -88,7 +88,7 @@ def test_codebooks_fitted_on_corpus_a_tokenise_corpus_b_and_the_tokens_feed_trai
     assert report["relative_error"] > report["fit_sample"]["relative_error"]
 
     # tokenize: corpus B's frames through corpus A's codebooks
-    tokenize_stage.main({}, Workspace())
+    tokenize_stage.main({"extract": {"num_processes": 1}}, Workspace())
     tokens = read_tokens("data/tokens/train.parquet")
     rvq = ResidualVQ(expected)
     from clapart_core.encoders.extract import iter_features

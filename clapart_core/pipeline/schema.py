@@ -177,6 +177,13 @@ class KMeans(Section):
     niter: PositiveInt
     max_samples: PositiveInt
     seed: Seed
+    gpu: Literal["auto"] | bool  # auto: FAISS GPU k-means when faiss-gpu is installed and a GPU is visible
+
+
+class Extract(Section):
+    """How many processes the extraction stages (features, clap, tokenize) share the clips among."""
+
+    num_processes: PositiveInt
 
 
 class Rvq(Section):
@@ -291,6 +298,7 @@ class Params(Section):
     hubert: Hubert
     speechtokenizer: SpeechTokenizer
     clap: Clap
+    extract: Extract
     rvq: Rvq
     codebook_corpus: CodebookCorpus
     model: Model

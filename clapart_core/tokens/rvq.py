@@ -47,12 +47,13 @@ class KMeansConfig:
     """FAISS k-means settings for one codebook layer.
 
     ``niter`` Lloyd iterations; ``seed`` is offset by the layer index so that layer ``l``'s fit
-    is the same whatever the total number of layers.
+    is the same whatever the total number of layers. ``gpu``: FAISS's ``Kmeans(gpu=...)``: False
+    or 0 on the CPU, True for all visible GPUs, ``n`` for the first ``n`` (:func:`kmeans_gpus`).
     """
 
     niter: int = 20
     seed: int = 1115
-    gpu: bool = False
+    gpu: bool | int = False
 
 
 def _openblas_coretype() -> str | None:
@@ -88,6 +89,23 @@ def import_faiss() -> Any:
     import faiss  # imported lazily: only the codebooks stage and benchmarks need it
 
     return faiss
+
+
+def kmeans_gpus(setting: str | bool) -> int:
+    """How many GPUs FAISS k-means runs on for ``rvq.kmeans.gpu`` = ``setting`` (0: the CPU).
+
+    ``auto``: every GPU FAISS sees (none with the faiss-cpu wheel); ``true``: the same, but none is
+    an error (:class:`ParamsError`, one sentence); ``false``: the CPU.
+    """
+    if setting is False:
+        return 0
+    faiss = import_faiss()
+    gpus = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if setting == "auto" or gpus > 0:
+        return gpus
+    if not hasattr(faiss, "GpuIndexFlatL2"):
+        raise ParamsError(f"rvq.kmeans.gpu is true but the installed FAISS {faiss.__version__} has no GPU support: install faiss-gpu, or set it auto or false")
+    raise ParamsError("rvq.kmeans.gpu is true but FAISS sees no GPU (CUDA_VISIBLE_DEVICES, driver): run on a GPU machine, or set it auto or false")
 
 
 def fit_residual_codebooks(
