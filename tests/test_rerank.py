@@ -132,7 +132,8 @@ def test_seeded_nucleus_sampling_is_deterministic_and_leaves_the_callers_rng_alo
 
 
 def test_the_candidates_file_holds_every_candidate_and_reproduces_the_choice(pipe: CaptionPipeline, examples: list, tmp_path: Path) -> None:
-    clips = rerank_examples(pipe.model, pipe.tokenizer, examples, HYBRID, audio_embeddings=[ex.clap for ex in examples], embed_text=pipe.clap.embed_text, progress=False)
+    embeds = [ex.clap for ex in examples]
+    clips = rerank_examples(pipe.model, pipe.tokenizer, examples, HYBRID, audio_embeddings=embeds, embed_text=pipe.clap.embed_text, progress=False)
     names = ["a.wav", "b.wav", "c.wav"]
     write_candidates(tmp_path / "test_candidates.csv", names, clips)
     with (tmp_path / "test_candidates.csv").open(newline="") as f:
