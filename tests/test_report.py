@@ -13,12 +13,13 @@ def _rvq(rev, scores_file):
     return {"relative_error": 0.25}
 
 
-def _run(name, etype, layers, clap, cider, spider=None, size=256):
+def _run(name, etype, layers, clap, cider, spider=None, size=256, generate=None):
+    params = {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}
     return {
         "rev": name * 3,
         "name": name,
         "data": {
-            "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}}},
+            "params": {"params.yaml": {"data": {**params, **({"generate": generate} if generate else {})}}},
             "metrics": {
                 "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1}},
                 "metrics/decode.json": {"data": {"n_skipped": 0}},  # not a scores file: no row
@@ -55,10 +56,10 @@ def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     assert (by_run["hub"]["rvq.layers"], by_run["hub"]["rvq.codebook_size"]) == (16, 256)
     assert (by_run["l8"]["rvq.layers"], by_run["l8"]["rvq.codebook_size"]) == (8, 256)
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | – | 1.1000 |" in md
-    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | – | 0.6000 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | none | – | 1.1000 |" in md
+    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | none | – | 0.6000 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,spider"
+    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,rerank,spider"
     assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith(header)
 
 
@@ -115,7 +116,7 @@ def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
     assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
         ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
     ]
-    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | – | 1.4000 |" in to_markdown(rows)
+    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | none | – | 1.4000 |" in to_markdown(rows)
     write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
     assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's
 
@@ -146,3 +147,17 @@ def test_codebook_corpus_column_names_where_the_codebooks_come_from():
     assert [(r["run"], r["codebook_corpus"], r["rvq_error"]) for r in rows] == [
         ("here", "train split", 0.2), ("other", "folder:/corpora/b", 0.3), ("file", "file:pub/rvq.npz", 0.35), ("enc", None, None)
     ]
+
+
+def test_the_rerank_column_names_the_reranking_and_gets_its_own_plot_line(tmp_path):
+    plain = {"rerank": "none", "candidates": 50, "sampling": "nucleus", "rerank_weight": 0.3}
+    runs = [
+        _run("beam", "beats_rvq", 16, True, 1.3, generate=plain),
+        _run("hyb", "beats_rvq", 16, True, 1.4, generate={**plain, "rerank": "hybrid"}),
+        _run("clp", "beats_rvq", 16, True, 1.2, generate={**plain, "rerank": "clap", "candidates": 8, "sampling": "beam"}),
+    ]
+    rows = collect_rows([{**runs[0], "experiments": [{"revs": runs[1:]}]}], notes=_notes)
+    assert [(r["run"], r["rerank"]) for r in rows] == [("beam", "none"), ("hyb", "hybrid 0.3, 50 nucleus"), ("clp", "clap 8 beam")]
+    write_layers_svg(rows, tmp_path / "p.svg")
+    svg = (tmp_path / "p.svg").read_text()
+    assert "with CLAP, rerank none" in svg and "with CLAP, rerank hybrid 0.3, 50 nucleus" in svg

@@ -255,6 +255,19 @@ class Generate(Section):
     max_length: int = Field(ge=4)
     no_repeat_ngram_size: Count
     batch_size: PositiveInt
+    # reranking (the score stage only; validation keeps plain beam search): clapart_core/captioner/rerank.py
+    rerank: Literal["none", "clap", "hybrid"]
+    candidates: PositiveInt  # candidate captions per clip
+    sampling: Literal["beam", "nucleus"]
+    temperature: float = Field(gt=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    rerank_weight: float = Field(ge=0.0, le=1.0)  # hybrid: w * log-likelihood + (1 - w) * CLAP cosine
+
+    @model_validator(mode="after")
+    def _candidates(self) -> Generate:
+        if self.rerank != "none" and self.candidates < 2:
+            raise _cross("candidates", self.candidates, f"must be at least 2 to rerank (generate.rerank = {self.rerank})")
+        return self
 
 
 class FinetunePhase(Section):

@@ -3,7 +3,7 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers and codebook size, CLAP on/off and the scores, followed by one row per other epoch
+with token type, RVQ layers and codebook size, CLAP on/off, the caption reranking (``generate.rerank``) and the scores, followed by one row per other epoch
 ``train.keep_best`` kept (from ``scores_epochs.json`` beside the scores: column ``epoch``, and
 ``selected`` False), as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
@@ -27,6 +27,7 @@ from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
     "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "codebook_corpus", "rvq_error", "model.use_clap",
+    "rerank",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
@@ -40,6 +41,15 @@ def uses_codebooks(encoder_type: Any) -> bool:
     (a type this version does not know, e.g. from an old experiment, counts as not)."""
     kind = TOKEN_TYPES.get(encoder_type) if isinstance(encoder_type, str) else None
     return bool(kind and kind.codebooks)
+
+
+def rerank_label(generate: Any) -> str:
+    """The ``rerank`` column: ``none`` (the paper's beam search; also runs from before the key), or
+    e.g. ``hybrid 0.3, 50 nucleus`` (mode, the hybrid weight, candidates and how they were drawn)."""
+    if not isinstance(generate, dict) or generate.get("rerank", "none") == "none":
+        return "none"
+    weight = f" {generate.get('rerank_weight')}," if generate["rerank"] == "hybrid" else ""
+    return f"{generate['rerank']}{weight} {generate.get('candidates')} {generate.get('sampling')}"
 
 
 def _phase(metrics_file: str) -> str | None:
@@ -154,6 +164,7 @@ def collect_rows(
                 "codebook_corpus": codebook_corpus(params) if rvq else None,
                 "rvq_error": rvq_report(rev, metrics_file).get("relative_error") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
+                "rerank": rerank_label(params.get("generate")),
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
             }
@@ -207,14 +218,18 @@ def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One label per row naming its line: the CLAP setting, plus the token type and the codebook
-    size where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, with/without CLAP)."""
+    size and the reranking where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K,
+    with/without CLAP, no reranking)."""
     vary_type = len({r["encoder.type"] for r in rows}) > 1
     vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
+    vary_rerank = len({r.get("rerank", "none") for r in rows}) > 1
     labels = []
     for r in rows:
         parts = [str(r["encoder.type"])] if vary_type else []
         parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
-        labels.append(", ".join([*parts, "with CLAP" if r["model.use_clap"] else "without CLAP"]))
+        parts += ["with CLAP" if r["model.use_clap"] else "without CLAP"]
+        parts += [f"rerank {r.get('rerank', 'none')}"] if vary_rerank else []
+        labels.append(", ".join(parts))
     return labels
 
 
