@@ -8,13 +8,18 @@ def _notes(rev, scores_file):
     return {"n_clips": 1045 if "finetune" in scores_file else 60, "baseline_cider_d": 0.5}
 
 
-def _run(name, etype, layers, clap, cider, spider=None, size=256, layout=None):
-    model = {"use_clap": clap} if layout is None else {"use_clap": clap, "token_layout": layout}  # None: a run from before the key
+def _rvq(rev, scores_file):
+    """metrics/rvq.json of the fake runs: the codebooks' relative error on the training split."""
+    return {"relative_error": 0.25}
+
+
+def _run(name, etype, layers, clap, cider, spider=None, size=256, generate=None):
+    params = {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}
     return {
         "rev": name * 3,
         "name": name,
         "data": {
-            "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": model}}},
+            "params": {"params.yaml": {"data": {**params, **({"generate": generate} if generate else {})}}},
             "metrics": {
                 "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1}},
                 "metrics/decode.json": {"data": {"n_skipped": 0}},  # not a scores file: no row
@@ -31,7 +36,6 @@ EXP_SHOW = [
             {"revs": [_run("l8", "beats_rvq", 8, True, 1.1)]},
             {"revs": [_run("l1", "beats_rvq", 1, True, 0.7)]},
             {"revs": [_run("noclap", "beats_rvq", 16, False, 1.2)]},
-            {"revs": [_run("time", "beats_rvq", 16, True, 1.25, layout="time")]},
             {"revs": [_run("enc", "encodec", 16, True, 0.9)]},
             {"revs": [_run("hub", "hubert_rvq", 16, True, 0.8)]},
             {"revs": [_run("st", "speechtokenizer", 16, True, 0.6, size=1024)]},
@@ -43,8 +47,8 @@ EXP_SHOW = [
 
 
 def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
-    rows = collect_rows(EXP_SHOW, notes=_notes)
-    assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "time", "enc", "hub", "st", "old"]
+    rows = collect_rows(EXP_SHOW, notes=_notes, rvq_report=_rvq)
+    assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "enc", "hub", "st", "old"]
     by_run = {r["run"]: r for r in rows}
     # rvq.* applies to the types whose codes come from the codebooks, and to no other
     for run in ("enc", "st", "old"):
@@ -52,12 +56,10 @@ def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     assert (by_run["hub"]["rvq.layers"], by_run["hub"]["rvq.codebook_size"]) == (16, 256)
     assert (by_run["l8"]["rvq.layers"], by_run["l8"]["rvq.codebook_size"]) == (8, 256)
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | True | flat | – | 1.1000 |" in md
-    assert "| st | main | – | True | speechtokenizer | – | – | True | flat | – | 0.6000 |" in md
-    # the token layout is a column; runs from before the key existed read as flat
-    assert "| time | main | – | True | beats_rvq | 16 | 256 | True | time | – | 1.2500 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | flat | none | – | 1.1000 |" in md
+    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | flat | none | – | 0.6000 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,model.use_clap,model.token_layout,spider"
+    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,model.token_layout,rerank,spider"
     assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith(header)
 
 
@@ -66,11 +68,9 @@ def test_plot_uses_cider_without_spice_and_draws_each_clap_setting(tmp_path):
     metric = write_layers_svg(rows, tmp_path / "p.svg")
     svg = (tmp_path / "p.svg").read_text()
     assert metric == "cider_d" and "with CLAP" in svg and "without CLAP" in svg
-    # l1, l8, l16 with CLAP and l16 without (beats_rvq, flat); the time layout's l16 and hubert_rvq's
-    # l16 with CLAP: their own lines (a path each)
-    assert svg.count("<circle") == 6 and svg.count("<path") == 4
-    assert "beats_rvq, flat layout, with CLAP" in svg and "beats_rvq, time layout, with CLAP" in svg
-    assert "hubert_rvq, flat layout, with CLAP" in svg and "K=" not in svg
+    # l1, l8, l16 with CLAP and l16 without (beats_rvq); hubert_rvq's l16 with CLAP: its own line
+    assert svg.count("<circle") == 5 and svg.count("<path") == 3
+    assert "beats_rvq, with CLAP" in svg and "hubert_rvq, with CLAP" in svg and "K=" not in svg
     rows[0]["spider"] = 0.5
     assert write_layers_svg(rows, tmp_path / "q.svg") == "spider"
 
@@ -112,11 +112,11 @@ def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
 
     run = _run("paper", "beats_rvq", 16, True, 1.3)
     run["data"]["metrics"]["metrics/finetune/clotho/scores.json"] = {"data": {"cider_d": 0.5}}
-    rows = collect_rows([{**run, "experiments": None}], notes=_notes, epochs=epochs)
+    rows = collect_rows([{**run, "experiments": None}], notes=_notes, epochs=epochs, rvq_report=_rvq)
     assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
         ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
     ]
-    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | True | flat | – | 1.4000 |" in to_markdown(rows)
+    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | flat | none | – | 1.4000 |" in to_markdown(rows)
     write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
     assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's
 
@@ -130,3 +130,48 @@ def test_codebook_size_ablation_rows_and_lines(tmp_path):
     write_layers_svg(rows, tmp_path / "k.svg")
     svg = (tmp_path / "k.svg").read_text()
     assert svg.count("<path") == 3 and all(f"K={k}, with CLAP" in svg for k in (256, 512, 1024))
+
+
+def test_codebook_corpus_column_names_where_the_codebooks_come_from():
+    """One row per source of codebooks (the issue-15 sensitivity): the training split, another corpus,
+    a codebook file; each with its codebooks' error on the training split (metrics/rvq.json)."""
+    here = _run("here", "beats_rvq", 16, True, 1.3)
+    other = _run("other", "beats_rvq", 16, True, 1.2)
+    other["data"]["params"]["params.yaml"]["data"]["codebook_corpus"] = {"source": "folder", "root": "/corpora/b"}
+    file = _run("file", "beats_rvq", 16, True, 1.1)
+    file["data"]["params"]["params.yaml"]["data"]["rvq"]["codebooks_file"] = "pub/rvq.npz"
+    enc = _run("enc", "encodec", 16, True, 0.9)
+    errors = {"here" * 3: 0.2, "other" * 3: 0.3, "file" * 3: 0.35}
+    rows = collect_rows([{**here, "experiments": [{"revs": [r]} for r in (other, file, enc)]}], notes=_notes,
+                        rvq_report=lambda rev, _f: {"relative_error": errors[rev]} if rev in errors else {})
+    assert [(r["run"], r["codebook_corpus"], r["rvq_error"]) for r in rows] == [
+        ("here", "train split", 0.2), ("other", "folder:/corpora/b", 0.3), ("file", "file:pub/rvq.npz", 0.35), ("enc", None, None)
+    ]
+
+
+def test_the_rerank_column_names_the_reranking_and_gets_its_own_plot_line(tmp_path):
+    plain = {"rerank": "none", "candidates": 50, "sampling": "nucleus", "rerank_weight": 0.3}
+    runs = [
+        _run("beam", "beats_rvq", 16, True, 1.3, generate=plain),
+        _run("hyb", "beats_rvq", 16, True, 1.4, generate={**plain, "rerank": "hybrid"}),
+        _run("clp", "beats_rvq", 16, True, 1.2, generate={**plain, "rerank": "clap", "candidates": 8, "sampling": "beam"}),
+    ]
+    rows = collect_rows([{**runs[0], "experiments": [{"revs": runs[1:]}]}], notes=_notes)
+    assert [(r["run"], r["rerank"]) for r in rows] == [("beam", "none"), ("hyb", "hybrid 0.3, 50 nucleus"), ("clp", "clap 8 beam")]
+    write_layers_svg(rows, tmp_path / "p.svg")
+    svg = (tmp_path / "p.svg").read_text()
+    assert "with CLAP, rerank none" in svg and "with CLAP, rerank hybrid 0.3, 50 nucleus" in svg
+
+
+def test_the_token_layout_is_a_column_and_its_own_plot_line(tmp_path):
+    """model.token_layout: time rows say so; runs from before the key existed read as flat; a flat and
+    a time run at the same rvq.layers are two lines of the plot, not one line with two points."""
+    flat = _run("flat", "beats_rvq", 16, True, 1.2)  # no token_layout key: an older run
+    time = _run("time", "beats_rvq", 16, True, 1.25)
+    time["data"]["params"]["params.yaml"]["data"]["model"]["token_layout"] = "time"
+    rows = collect_rows([{**flat, "experiments": [{"revs": [time]}]}], notes=_notes, rvq_report=_rvq)
+    assert [(r["run"], r["model.token_layout"]) for r in rows] == [("flat", "flat"), ("time", "time")]
+    assert "| time | main | – | True | beats_rvq | 16 | 256 | train split | 0.2500 | True | time | none | – | 1.2500 |" in to_markdown(rows)
+    write_layers_svg(rows, tmp_path / "t.svg")
+    svg = (tmp_path / "t.svg").read_text()
+    assert "flat layout, with CLAP" in svg and "time layout, with CLAP" in svg and svg.count("<path") == 2

@@ -13,6 +13,11 @@ figure's order, and the metrics pull Java and aac-metrics). The train stage buil
 :func:`clapart_core.scoring.metrics.validation_scorer`, which computes only what selection needs
 (CIDEr-D; SPICE too for SPIDEr; never METEOR) and says when SPIDEr falls back to CIDEr-D.
 
+Validation keeps the paper's plain beam search whatever ``generate.rerank`` says: reranking
+(:mod:`clapart_core.captioner.rerank`) is a decoding choice the score stage applies to the model
+that validation selected, so the epoch choice (and ``data/model``) does not change with it, and
+the train stage does not depend on the rerank keys.
+
 Determinism: beam search draws no random numbers and runs in eval mode; it also runs inside
 ``torch.random.fork_rng``, so that nothing it calls can move the global RNG that dropout draws
 from: a run that validates by captions trains bitwise as one that does not.
