@@ -215,3 +215,19 @@ def test_the_flat_layout_is_unchanged():
     )
     for (name, a), (_, b) in zip(flat.state_dict().items(), again.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_reranking_reads_the_whole_clip_in_the_time_layout():
+    """The reranker's log-likelihoods see every time step the model reads (max_frames steps =
+    max_codes flat codes), not only max_frames flat codes: a 150-frame clip under max_frames 20
+    (160 codes) scores differently from its first 20 frames."""
+    from clapart_core.captioner.rerank import sequence_logliks
+
+    model = time_model(max_frames=20)
+    codes = codes_of(150, 5).numpy()
+    clap = np.random.default_rng(5).standard_normal(E).astype(np.float32)
+    ids = torch.tensor([[2, 0, 5, 6, 2], [2, 0, 7, 2, 1]])
+    whole = sequence_logliks(model, CaptionExample("c", codes, clap, ("x",)), ids)
+    head = sequence_logliks(model, CaptionExample("c", codes[:20], clap, ("x",)), ids)
+    assert model.config.max_codes == 160 and whole.shape == (2,)
+    assert not np.allclose(whole, head)
