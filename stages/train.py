@@ -14,7 +14,7 @@ from typing import Any
 
 from clapart_core.captioner.data import load_examples
 from clapart_core.captioner.model_dir import write_frontend
-from clapart_core.captioner.training import check_crop_grid, train_captioner
+from clapart_core.captioner.training import check_crop_grid, layout_kwargs, train_captioner
 from clapart_core.captioner.validation import ValScorer
 from clapart_core.corpus.manifest import read_manifest
 from clapart_core.pipeline.errors import MissingInputError
@@ -31,7 +31,8 @@ def main(params: dict[str, Any], ws: Workspace) -> None:
     # settings that would fail only after an epoch are refused now, in one line (run_stage)
     if "freq_patches" not in tokens_meta:
         raise MissingInputError(f"{ws.tokens / 'val.parquet'} records no freq_patches (made by an older clapart); rerun tokenize (dvc repro)")
-    if ws.init_model is None:
+    layout_kwargs({**params["model"], "freq_patches": int(tokens_meta["freq_patches"])})  # time layout without a frequency axis
+    if ws.init_model is None and params["model"]["token_layout"] == "flat":  # time layout: max_frames counts time steps
         check_crop_grid(params["model"]["max_frames"], int(tokens_meta["freq_patches"]), "params.yaml: model.max_frames")
     score, metric, note = validation_scorer(params["train"]["select_by"])
     manifest, _ = read_manifest(ws.manifest)

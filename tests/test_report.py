@@ -56,10 +56,10 @@ def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     assert (by_run["hub"]["rvq.layers"], by_run["hub"]["rvq.codebook_size"]) == (16, 256)
     assert (by_run["l8"]["rvq.layers"], by_run["l8"]["rvq.codebook_size"]) == (8, 256)
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | none | – | 1.1000 |" in md
-    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | none | – | 0.6000 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | flat | none | – | 1.1000 |" in md
+    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | flat | none | – | 0.6000 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,rerank,spider"
+    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,model.token_layout,rerank,spider"
     assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith(header)
 
 
@@ -116,7 +116,7 @@ def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
     assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
         ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
     ]
-    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | none | – | 1.4000 |" in to_markdown(rows)
+    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | flat | none | – | 1.4000 |" in to_markdown(rows)
     write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
     assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's
 
@@ -161,3 +161,17 @@ def test_the_rerank_column_names_the_reranking_and_gets_its_own_plot_line(tmp_pa
     write_layers_svg(rows, tmp_path / "p.svg")
     svg = (tmp_path / "p.svg").read_text()
     assert "with CLAP, rerank none" in svg and "with CLAP, rerank hybrid 0.3, 50 nucleus" in svg
+
+
+def test_the_token_layout_is_a_column_and_its_own_plot_line(tmp_path):
+    """model.token_layout: time rows say so; runs from before the key existed read as flat; a flat and
+    a time run at the same rvq.layers are two lines of the plot, not one line with two points."""
+    flat = _run("flat", "beats_rvq", 16, True, 1.2)  # no token_layout key: an older run
+    time = _run("time", "beats_rvq", 16, True, 1.25)
+    time["data"]["params"]["params.yaml"]["data"]["model"]["token_layout"] = "time"
+    rows = collect_rows([{**flat, "experiments": [{"revs": [time]}]}], notes=_notes, rvq_report=_rvq)
+    assert [(r["run"], r["model.token_layout"]) for r in rows] == [("flat", "flat"), ("time", "time")]
+    assert "| time | main | – | True | beats_rvq | 16 | 256 | train split | 0.2500 | True | time | none | – | 1.2500 |" in to_markdown(rows)
+    write_layers_svg(rows, tmp_path / "t.svg")
+    svg = (tmp_path / "t.svg").read_text()
+    assert "flat layout, with CLAP" in svg and "time layout, with CLAP" in svg and svg.count("<path") == 2

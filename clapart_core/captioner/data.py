@@ -115,8 +115,9 @@ def build_batch(
 
     Args:
         examples: the clips.
-        max_frames: crop length; a random window when ``crop_generator`` is given (training),
-            the first frames otherwise (evaluation).
+        max_frames: crop length in flat code frames (the model's ``config.max_codes``, which in the
+            time layout is ``max_frames`` time steps x ``freq_patches``); a random window when
+            ``crop_generator`` is given (training), the first frames otherwise (evaluation).
         use_clap: whether to stack the CLAP embeddings (all examples must have one).
         crop_generator: RNG for training crops, or None.
         caption_ids: one tokenised caption (with ``<s>``/``</s>``) per example, or None.

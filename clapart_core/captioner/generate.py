@@ -35,7 +35,7 @@ def caption_examples(
     ``progress``: a tqdm bar on stderr (off for ``clapart caption``, which calls this per batch).
     """
     device = next(model.parameters()).device
-    max_frames = model.config.max_frames
+    max_frames = model.config.max_codes  # flat code frames, whatever the token layout
     order = sorted(range(len(examples)), key=lambda i: min(len(examples[i].codes), max_frames))
     captions: list[str | None] = [None] * len(examples)
     with tqdm(total=len(examples), desc="captioning", unit="clip", disable=not progress) as bar:

@@ -66,7 +66,7 @@ class ModelLimits:
     Attributes:
         kind: the token type.
         max_length: the longest caption in tokens (the decoder's learned positions).
-        model_seconds: the audio whose codes fill the captioner's ``max_frames``.
+        model_seconds: the audio whose codes fill the captioner's ``max_frames`` (``max_codes`` flat codes).
         read_seconds: how much of a file is read and encoded without ``--window``: the decode
             stage's crop recorded in training (``decode.max_seconds``), else ``model_seconds``.
         min_seconds: the shortest clip the encoder gets unpadded (one BEATs patch, 0.175 s).
@@ -90,7 +90,7 @@ def model_limits(model_dir: Path) -> ModelLimits:
     front = load_frontend(model_dir)
     config = read_config(model_dir)
     kind = token_type(front["encoder_type"])
-    model_seconds = kind.input_seconds(int(config.max_frames), front["encoder"]["spec"])
+    model_seconds = kind.input_seconds(int(config.max_codes), front["encoder"]["spec"])
     read_seconds = float(front["max_seconds"]) if front["max_seconds"] is not None else model_seconds
     return ModelLimits(kind, max_caption_length(config), model_seconds, read_seconds, MIN_CLIP_SECONDS)
 

@@ -18,8 +18,31 @@ and N heads ``Linear(d_model, K)`` on the final encoder states predict the origi
 decoder is BART's, trained with label-smoothed cross-entropy; captions are generated with transformers'
 beam search on the wrapped ``BartForConditionalGeneration`` given our encoder's output.
 
+Token layouts (``token_layout``; issue 15 item 2). The model's *input* is always the tokens' flat code
+sequence ``[B, T, N]`` (BEATs: index ``8 t + f``, F = ``freq_patches`` codes per time step);
+``token_layout`` decides what one encoder position is:
+
+* ``flat`` (EnCLAP's, the default): one position per code frame, as above.
+* ``time``: one position per *time step*. The flat codes are regrouped ``[B, T, N] -> [B, ceil(T/F), F, N]``
+  (a partial last step is padded with the pad id, which embeds to zero) and each step's F x N codes
+  become one embedding that keeps the frequency identity, chosen by ``frequency_embedding``:
+
+  - ``tables`` (default): one table per (frequency, codebook), ``sum_{f,n} E_{f,n}[c_{t,f,n}]``, and F x N
+    heads. F times the front end's parameters (~176 M more at the paper's N=16, K=1024, D=768).
+  - ``projection``: the flat layout's N shared tables give one vector per patch
+    ``x_f = sum_n E_n[c_{t,f,n}]`` and a learned per-frequency linear map folds them,
+    ``sum_f W_f x_f`` = ``Linear(F*D, D)`` of the concatenation; MCM unfolds each step's final
+    state with ``Linear(D, F*D)`` and the N heads predict each patch's code. ~9 M parameters more
+    than the flat layout at that size, but on the demo it learned far less (docs/design-notes.md).
+
+  (An *additive* frequency embedding ``sum_f (x_f + e_f)`` would not do: summed over f it is a
+  constant, so the band identity would be lost.) MCM masks spans of time steps, independently per
+  codebook, covering every frequency patch of the step; ``max_frames`` and ``mcm_span`` count
+  time steps.
+
 Shapes: B batch, T frames, N codebooks, K codebook size, E CLAP dim, D d_model, S encoder length
-(T + 2, plus 1 with CLAP), L caption length, V caption vocabulary.
+(P + 2, plus 1 with CLAP, where P = T positions in the flat layout, ceil(T / F) in the time layout),
+L caption length, V caption vocabulary, F frequency patches per time step.
 """
 
 import logging
@@ -47,6 +70,10 @@ logger = logging.getLogger(__name__)
 
 #: ignore index of caption labels and MCM targets (PyTorch's cross-entropy default)
 IGNORE_INDEX = -100
+#: ``token_layout`` values: one encoder position per code frame, or per time step
+TOKEN_LAYOUTS = ("flat", "time")
+#: ``frequency_embedding`` values (time layout only)
+FREQUENCY_EMBEDDINGS = ("tables", "projection")
 
 
 class ClapArtConfig(PreTrainedConfig):
@@ -61,12 +88,20 @@ class ClapArtConfig(PreTrainedConfig):
         normalize_clap: L2-normalise the CLAP embedding before the projection (True, clapart's
             default); False feeds it as given, as EnCLAP's model does (checkpoints imported with
             [`ClapArtForCaptioning.from_enclap`] use False; both see unit-norm embeddings).
-        max_frames: encoder crop; ``max_frames + 2`` must fit BART's ``max_position_embeddings``.
-        mcm_prob: expected fraction of frames covered by mask spans, per codebook (see
+        max_frames: encoder crop in encoder *positions*: code frames in the flat layout, time steps
+            (``freq_patches`` code frames each) in the time layout, so [`max_codes`] flat codes are
+            read; ``max_frames + 2`` must fit BART's ``max_position_embeddings``.
+        mcm_prob: expected fraction of positions covered by mask spans, per codebook (see
             [`sample_mcm_mask`]).
-        mcm_span: MCM span length in frames.
+        mcm_span: MCM span length in positions (frames, or time steps in the time layout).
         mcm_weight: λ multiplying the summed MCM loss.
         label_smoothing: caption cross-entropy label smoothing.
+        token_layout: ``"flat"`` (one encoder position per code frame) or ``"time"`` (one per time
+            step of ``freq_patches`` frames; see the module docstring).
+        freq_patches: F, code frames per time step of the tokens (BEATs: 8); the time layout needs > 1.
+        frequency_embedding: how the time layout keeps the frequency identity: ``"tables"``
+            (per-frequency code tables and heads) or ``"projection"`` (shared code tables +
+            per-frequency linear maps); unused in the flat layout.
     """
 
     model_type = "clapart"
@@ -83,6 +118,9 @@ class ClapArtConfig(PreTrainedConfig):
     mcm_span: int = 10
     mcm_weight: float = 0.7
     label_smoothing: float = 0.2
+    token_layout: str = "flat"
+    freq_patches: int = 1
+    frequency_embedding: str = "tables"
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -100,6 +138,20 @@ class ClapArtConfig(PreTrainedConfig):
             )
         if self.mcm_span < 1 or not 0.0 <= self.mcm_prob <= 1.0:
             raise ValueError(f"invalid MCM settings: mcm_prob={self.mcm_prob}, mcm_span={self.mcm_span}")
+        if self.token_layout not in TOKEN_LAYOUTS or self.frequency_embedding not in FREQUENCY_EMBEDDINGS:
+            raise ValueError(f"invalid layout: token_layout={self.token_layout!r}, frequency_embedding={self.frequency_embedding!r}")
+        if self.token_layout == "time" and self.freq_patches < 2:
+            raise ValueError(f"token_layout='time' needs tokens with a frequency axis (freq_patches > 1), got freq_patches={self.freq_patches}")
+
+    @property
+    def is_time_layout(self) -> bool:
+        """One encoder position per time step of ``freq_patches`` code frames."""
+        return self.token_layout == "time"
+
+    @property
+    def max_codes(self) -> int:
+        """Flat code frames the encoder reads at most: ``max_frames`` positions of 1 or F frames each."""
+        return self.max_frames * self.freq_patches if self.is_time_layout else self.max_frames
 
     @property
     def pad_code_id(self) -> int:
@@ -238,23 +290,32 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         bart: the wrapped ``BartForConditionalGeneration``; its encoder *layers*, ``embed_positions``,
             ``layernorm_embedding`` and token embeddings are reused by [`encode`], its decoder and LM
             head generate the caption.
-        code_embeddings: N tables ``[K + 2, D]``.
+        code_embeddings: N tables ``[K + 2, D]`` (F x N, index ``f * N + n``, in the time layout
+            with ``frequency_embedding="tables"``).
         clap_projection: ``Linear(E, D)``, absent when ``use_clap=False``.
-        mcm_heads: N ``Linear(D, K)``.
+        mcm_heads: N ``Linear(D, K)`` (F x N with per-frequency tables).
+        frequency_fold, frequency_unfold: ``Linear(F*D, D)`` and ``Linear(D, F*D)``, only in the time
+            layout with ``frequency_embedding="projection"``.
     """
 
     def __init__(self, config: ClapArtConfig):
         super().__init__(config)
         d_model = config.bart.d_model
         self.bart = BartForConditionalGeneration(config.bart)
+        per_frequency = config.is_time_layout and config.frequency_embedding == "tables"
+        tables = config.num_codebooks * (config.freq_patches if per_frequency else 1)
         self.code_embeddings = nn.ModuleList(
             nn.Embedding(config.codebook_size + 2, d_model, padding_idx=config.pad_code_id)
-            for _ in range(config.num_codebooks)
+            for _ in range(tables)
         )
         self.clap_projection = nn.Linear(config.clap_dim, d_model) if config.use_clap else None
         self.mcm_heads = nn.ModuleList(
-            nn.Linear(d_model, config.codebook_size) for _ in range(config.num_codebooks)
+            nn.Linear(d_model, config.codebook_size) for _ in range(tables)
         )
+        # Created after the flat layout's modules, so a flat model draws exactly the same weights.
+        projection = config.is_time_layout and not per_frequency
+        self.frequency_fold = nn.Linear(config.freq_patches * d_model, d_model) if projection else None
+        self.frequency_unfold = nn.Linear(d_model, config.freq_patches * d_model) if projection else None
         self.post_init()
 
     # ------------------------------------------------------------------ construction helpers
@@ -324,6 +385,36 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             frames = frames + self.code_embeddings[i](codes[..., i])
         return frames
 
+    def group_time_steps(self, values: torch.Tensor, fill: int | bool) -> torch.Tensor:
+        """Regroup flat frames into time steps: ``[B, T, ...] -> [B, ceil(T/F), F, ...]``.
+
+        A clip whose frame count is not a multiple of F gets its last step completed with ``fill``
+        (the pad id for codes, False for masks).
+        """
+        patches = self.config.freq_patches
+        batch, frames = values.shape[:2]
+        steps = -(-frames // patches)
+        missing = steps * patches - frames
+        if missing:
+            filler = values.new_full((batch, missing, *values.shape[2:]), fill)
+            values = torch.cat([values, filler], dim=1)
+        return values.reshape(batch, steps, patches, *values.shape[2:])
+
+    def embed_time_steps(self, codes: torch.Tensor) -> torch.Tensor:
+        """One embedding per time step, keeping the frequency identity: ``[B, P, F, N]`` code ids -> ``[B, P, D]``.
+
+        ``tables``: ``sum_{f,n} E_{f,n}[c]``; ``projection``: ``fold(concat_f sum_n E_n[c])``.
+        """
+        config = self.config
+        patches, books = config.freq_patches, config.num_codebooks
+        if config.frequency_embedding == "tables":
+            steps = self.code_embeddings[0](codes[..., 0, 0])
+            for index in range(1, patches * books):
+                steps = steps + self.code_embeddings[index](codes[..., index // books, index % books])
+            return steps
+        per_patch = self.embed_frames(codes)  # [B, P, F, D]
+        return self.frequency_fold(per_patch.flatten(start_dim=2))
+
     def encode(
         self,
         codes: torch.Tensor,
@@ -333,18 +424,20 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         """Run the encoder on ``[CLAP slot, <s>, frame_1 … frame_T, </s>]``.
 
         Args:
-            codes: ``[B, T, N]`` long; values in ``[0, K)``, or the mask id ``K + 1`` for MCM.
-                Frames beyond ``max_frames`` are dropped (evaluation crop: the first frames).
+            codes: ``[B, T, N]`` long flat code frames (both layouts); values in ``[0, K)``, or the
+                mask id ``K + 1`` for MCM. Frames beyond [`ClapArtConfig.max_codes`] are dropped
+                (evaluation crop: the first frames).
             frame_mask: ``[B, T]`` bool, True = valid, right-padded; None = all valid.
             clap: ``[B, E]`` CLAP embeddings (normalised here unless ``normalize_clap=False``);
                 required iff ``use_clap``.
 
         Returns:
-            hidden ``[B, S, D]`` and the encoder attention mask ``[B, S]`` bool.
+            hidden ``[B, S, D]`` and the encoder attention mask ``[B, S]`` bool; S = P + 2 (+1 CLAP)
+            with P = T frames (flat) or ceil(T / F) time steps (time).
         """
         config = self.config
         encoder = self.bart.model.encoder
-        codes = codes[:, : config.max_frames]
+        codes = codes[:, : config.max_codes]
         batch, frames, num_codebooks = codes.shape
         if num_codebooks != config.num_codebooks:
             raise ValueError(f"codes have {num_codebooks} codebooks, the model {config.num_codebooks}")
@@ -358,7 +451,15 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
 
         # Padded frames read the zero pad row; they are also excluded from attention below.
         code_ids = codes.masked_fill(~frame_mask[:, :, None], config.pad_code_id)
-        frame_embeds = self.embed_frames(code_ids)  # [B, T, D]
+        if config.is_time_layout:
+            # From here on a "frame" is a time step: a partial last step counts (its missing patches
+            # read the pad row), a step of padding only is excluded from attention like a padded frame.
+            frame_embeds = self.embed_time_steps(self.group_time_steps(code_ids, config.pad_code_id))  # [B, P, D]
+            frames = frame_embeds.shape[1]
+            lengths = -(-lengths // config.freq_patches)
+            position = torch.arange(frames + 2, device=codes.device)
+        else:
+            frame_embeds = self.embed_frames(code_ids)  # [B, T, D]
         special = encoder.embed_tokens(
             torch.tensor([self.bart.config.bos_token_id, self.bart.config.eos_token_id], device=codes.device)
         ).to(frame_embeds.dtype)  # [2, D]
@@ -395,10 +496,20 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
     def mask_codes(
         self, codes: torch.Tensor, frame_mask: torch.Tensor, generator: torch.Generator | None
     ) -> torch.Tensor:
-        """Draw an MCM mask ``[B, T, N]`` for this batch with the model's ``mcm_prob``/``mcm_span``."""
-        return sample_mcm_mask(
-            frame_mask.bool(), self.config.num_codebooks, self.config.mcm_prob, self.config.mcm_span, generator
-        )
+        """Draw an MCM mask ``[B, T, N]`` for this batch with the model's ``mcm_prob``/``mcm_span``.
+
+        In the time layout the spans are drawn over time steps (``mcm_span`` steps, independently
+        per codebook) and cover every frequency patch of a masked step; the mask is returned on the
+        flat frames, like the codes, and never marks padding.
+        """
+        config = self.config
+        frame_mask = frame_mask.bool()
+        if not config.is_time_layout:
+            return sample_mcm_mask(frame_mask, config.num_codebooks, config.mcm_prob, config.mcm_span, generator)
+        step_mask = self.group_time_steps(frame_mask, False).any(dim=2)  # [B, P]: a partial step counts
+        steps = sample_mcm_mask(step_mask, config.num_codebooks, config.mcm_prob, config.mcm_span, generator)  # [B, P, N]
+        frames = frame_mask.shape[1]
+        return steps.repeat_interleave(config.freq_patches, dim=1)[:, :frames] & frame_mask[:, :, None]
 
     def forward(
         self,
@@ -414,7 +525,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
         """Caption logits and losses.
 
         Args:
-            codes: ``[B, T, N]`` long, values in ``[0, K)``.
+            codes: ``[B, T, N]`` long flat code frames (both layouts), values in ``[0, K)``.
             frame_mask: ``[B, T]`` bool, True = valid (right-padded); None = all valid.
             clap: ``[B, E]`` or None (must match ``use_clap``).
             labels: ``[B, L]`` caption ids ``<s> … </s>`` with ``-100`` at padding; the decoder input
@@ -432,7 +543,7 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             [`ClapArtOutput`].
         """
         config = self.config
-        codes = codes[:, : config.max_frames]
+        codes = codes[:, : config.max_codes]
         frames = codes.shape[1]
         if frame_mask is not None:
             frame_mask = frame_mask[:, :frames].bool()
@@ -472,8 +583,14 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
                 caption_loss = caption_loss / loss_counts[0]
         mcm_loss = None
         if mcm_mask is not None:
-            frame_hidden = hidden[:, self.frame_offset : self.frame_offset + frames]  # [B, T, D]
-            mcm_loss = self.mcm_loss(frame_hidden, codes, mcm_mask, None if loss_counts is None else loss_counts[1])
+            counts = None if loss_counts is None else loss_counts[1]
+            if config.is_time_layout:
+                steps = -(-frames // config.freq_patches)
+                step_hidden = hidden[:, self.frame_offset : self.frame_offset + steps]  # [B, P, D]
+                mcm_loss = self.mcm_loss_time(step_hidden, codes, mcm_mask, counts)
+            else:
+                frame_hidden = hidden[:, self.frame_offset : self.frame_offset + frames]  # [B, T, D]
+                mcm_loss = self.mcm_loss(frame_hidden, codes, mcm_mask, counts)
         loss = None
         if caption_loss is not None:
             loss = caption_loss if mcm_loss is None else caption_loss + config.mcm_weight * mcm_loss
@@ -512,6 +629,50 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
                 total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected])
             else:
                 total = total + weight * F.cross_entropy(logits.float(), codes[..., i][selected], reduction="sum") / counts[i]
+        return total
+
+    def mcm_loss_time(
+        self, step_hidden: torch.Tensor, codes: torch.Tensor, mcm_mask: torch.Tensor, counts: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The time layout's MCM loss: [`mcm_loss`]'s weighted sum, where codebook i's cross-entropy
+        is over its masked (time step, frequency) entries.
+
+        A step's final state predicts all F x N codes of the step: ``projection`` unfolds it into F
+        patch states (``Linear(D, F*D)``) read by the N shared heads; ``tables`` has one head per
+        (frequency, codebook) on the step state. Either way the logits are ``[M, K]`` per codebook
+        for its M masked entries only.
+
+        Args:
+            step_hidden: ``[B, P, D]`` final encoder states at the time-step positions.
+            codes: ``[B, T, N]`` original (unmasked) flat codes.
+            mcm_mask: ``[B, T, N]`` bool on the flat frames (from [`mask_codes`]).
+            counts: as in [`mcm_loss`]: ``[N]`` masked flat entries per codebook, or None.
+        """
+        config = self.config
+        patches, books = config.freq_patches, config.num_codebooks
+        grouped_codes = self.group_time_steps(codes, config.pad_code_id)  # [B, P, F, N]
+        grouped_mask = self.group_time_steps(mcm_mask, False)  # [B, P, F, N]; pad never masked
+        patch_hidden = None
+        if config.frequency_embedding == "projection":
+            batch, steps, d_model = step_hidden.shape
+            patch_hidden = self.frequency_unfold(step_hidden).reshape(batch, steps, patches, d_model)  # [B, P, F, D]
+        total = step_hidden.new_zeros((), dtype=torch.float32)
+        for i, weight in enumerate(mcm_codebook_weights(books)):
+            selected = grouped_mask[..., i]  # [B, P, F]
+            masked = int(selected.sum())
+            if masked == 0:
+                continue
+            if patch_hidden is not None:
+                logits = self.mcm_heads[i](patch_hidden[selected])  # [M_i, K]
+                summed = F.cross_entropy(logits.float(), grouped_codes[..., i][selected], reduction="sum")
+            else:
+                summed = step_hidden.new_zeros((), dtype=torch.float32)
+                for f in range(patches):
+                    rows = selected[:, :, f]  # [B, P]
+                    if bool(rows.any()):
+                        logits = self.mcm_heads[f * books + i](step_hidden[rows])  # [M_if, K]
+                        summed = summed + F.cross_entropy(logits.float(), grouped_codes[:, :, f, i][rows], reduction="sum")
+            total = total + weight * summed / (masked if counts is None else counts[i])
         return total
 
     # ------------------------------------------------------------------ generation
@@ -598,6 +759,8 @@ class ClapArtForCaptioning(ClapArtPreTrainedModel):
             "code_embeddings": self.code_embeddings,
             "mcm_heads": self.mcm_heads,
         }
+        if self.frequency_fold is not None:
+            parts["frequency_projections"] = nn.ModuleList([self.frequency_fold, self.frequency_unfold])
         if self.clap_projection is not None:
             parts["clap_projection"] = self.clap_projection
         return {name: sum(p.numel() for p in module.parameters()) for name, module in parts.items()}
@@ -646,6 +809,8 @@ __all__ = [
     "ClapArtForCaptioning",
     "ClapArtOutput",
     "ClapArtPreTrainedModel",
+    "FREQUENCY_EMBEDDINGS",
+    "TOKEN_LAYOUTS",
     "crop_frames",
     "mcm_codebook_weights",
     "sample_mcm_mask",

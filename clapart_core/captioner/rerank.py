@@ -132,7 +132,7 @@ def candidate_ids(
     nucleus sampling draws from torch's RNG seeded with ``settings.seed`` (the caller's RNG state
     is restored)."""
     device = next(model.parameters()).device
-    batch = build_batch([example], max_frames=model.config.max_frames, use_clap=model.config.use_clap, crop_generator=None).to(device)
+    batch = build_batch([example], max_frames=model.config.max_codes, use_clap=model.config.use_clap, crop_generator=None).to(device)
     hidden, attention_mask = model.encode(batch.codes, batch.frame_mask, batch.clap)
     config = _generation_config(model, settings, num_beams, no_repeat_ngram_size, max_length)
     devices = [device.index or 0] if device.type == "cuda" else []
@@ -147,7 +147,7 @@ def sequence_logliks(model: ClapArtForCaptioning, example: CaptionExample, ids: 
     :func:`candidate_ids` returns them) given the clip: ``[C]`` float64, mean nats per token over
     the tokens after the decoder start up to and including the first ``</s>``."""
     device = next(model.parameters()).device
-    batch = build_batch([example], max_frames=model.config.max_frames, use_clap=model.config.use_clap, crop_generator=None).to(device)
+    batch = build_batch([example], max_frames=model.config.max_codes, use_clap=model.config.use_clap, crop_generator=None).to(device)
     hidden, attention_mask = model.encode(batch.codes, batch.frame_mask, batch.clap)
     ids = ids.to(device)
     n = ids.shape[0]

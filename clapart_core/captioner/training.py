@@ -1,7 +1,8 @@
 """Training the ART-token captioner: model and optimiser set-up, the training loop, resume.
 
 Recipe (EnCLAP, see design.md): every (clip, caption) pair is one example; each batch draws a
-random crop of at most ``max_frames`` frames per clip and a fresh MCM mask; the loss is the
+random crop of at most ``max_frames`` encoder positions per clip (frames; time steps of
+``freq_patches`` frames in the ``time`` token layout) and a fresh MCM mask; the loss is the
 label-smoothed caption cross-entropy plus ``mcm_weight`` × the weighted MCM loss; AdamW with
 weight decay by EnCLAP's name rule, gradient clipping, and transformers' inverse-square-root
 schedule (linear warm-up, ``timescale``). Training crops of BEATs tokens start on the
@@ -97,6 +98,31 @@ def make_tokenizer(model_params: dict, train: Sequence[CaptionExample]) -> PreTr
     return train_caption_tokenizer(captions, int(model_params["vocab_size"]), out_dir=None)
 
 
+class TokenLayoutError(ParamsError):
+    """``model.token_layout: time`` on tokens without a frequency axis; the message is one sentence."""
+
+
+def layout_kwargs(model_params: dict) -> dict:
+    """The [`ClapArtConfig`] layout fields from params: ``token_layout`` (default flat),
+    ``freq_patches`` (the tokens' metadata) and ``frequency_embedding``.
+
+    Raises:
+        TokenLayoutError: the time layout on tokens with one code per time step (EnCodec, HuBERT).
+    """
+    layout = str(model_params.get("token_layout") or "flat")
+    patches = int(model_params.get("freq_patches") or 1)
+    if layout == "time" and patches < 2:
+        raise TokenLayoutError(
+            f"params.yaml: model.token_layout = time needs tokens with a frequency axis (BEATs), but these tokens "
+            f"have one code per time step (freq_patches {patches}); use flat"
+        )
+    return {
+        "token_layout": layout,
+        "freq_patches": patches if layout == "time" else 1,
+        "frequency_embedding": str(model_params.get("frequency_embedding") or "tables"),
+    }
+
+
 def build_captioner(
     model_params: dict,
     train_params: dict,
@@ -117,6 +143,7 @@ def build_captioner(
         use_clap=bool(model_params["use_clap"]),
         clap_dim=clap_dim,
         max_frames=int(model_params["max_frames"]),
+        **layout_kwargs(model_params),
         mcm_prob=float(train_params["mcm_prob"]),
         mcm_span=int(train_params["mcm_span"]),
         mcm_weight=float(train_params["mcm_weight"]),
@@ -167,6 +194,12 @@ def load_for_finetuning(
         )
     if config.use_clap != bool(model_params["use_clap"]):
         raise ValueError(f"{model_dir} has use_clap={config.use_clap}, params say model.use_clap={model_params['use_clap']}")
+    layout = layout_kwargs(model_params)
+    if (config.token_layout, config.freq_patches) != (layout["token_layout"], layout["freq_patches"]):
+        raise ValueError(
+            f"{model_dir} has token_layout={config.token_layout} (freq_patches {config.freq_patches}), the fine-tuning "
+            f"params and tokens say {layout['token_layout']} (freq_patches {layout['freq_patches']})"
+        )
     # The fine-tuning recipe may change the auxiliary losses; the architecture stays.
     for key in ("mcm_prob", "mcm_span", "mcm_weight", "label_smoothing"):
         setattr(config, key, type(getattr(config, key))(train_params[key]))
@@ -404,7 +437,7 @@ def _prepare(
     model, tokenizer, init_digest = _build_model(train, model_params, train_params, init_from)
     crop_step = int(model_params.get("freq_patches") or 1)
     where = "model.max_frames" if init_from is None else f"max_frames of the model fine-tuned ({init_from})"
-    check_crop_grid(model.config.max_frames, crop_step, where)
+    check_crop_grid(model.config.max_codes, crop_step, where)  # time layout: a whole number of steps by construction
     model = model.to(device)
     model.train()
     max_label = model.config.bart.max_position_embeddings
@@ -611,7 +644,7 @@ def _optimisation_step(run: _Run, chunk: Sequence[tuple[int, int]]) -> tuple[dic
     model = run.model
     batch = build_batch(
         [run.train[i] for i, _ in chunk],
-        max_frames=model.config.max_frames,
+        max_frames=model.config.max_codes,
         use_clap=model.config.use_clap,
         crop_generator=run.generators["crop"],
         caption_ids=[run.train_ids[i][j] for i, j in chunk],

@@ -83,7 +83,7 @@ def evaluate_loss(
         chunk = pairs[start : start + batch_size]
         batch = build_batch(
             [examples[i] for i, _ in chunk],
-            max_frames=model.config.max_frames,
+            max_frames=model.config.max_codes,
             use_clap=model.config.use_clap,
             crop_generator=None,
             caption_ids=[caption_ids[i][j] for i, j in chunk],

@@ -223,7 +223,13 @@ def _check_codebook_source(params: dict[str, Any], kind: TokenType) -> None:
 def _check_token_settings(params: dict[str, Any], kind: TokenType) -> None:
     """Settings whose mistake would otherwise show only hours later, in ``features`` or ``train``."""
     max_frames = params["model"]["max_frames"]
-    if kind.freq_patches > 1 and max_frames % kind.freq_patches:
+    if params["model"]["token_layout"] == "time" and kind.freq_patches < 2:
+        raise PreflightError(
+            f"params.yaml: model.token_layout = time needs tokens with a frequency axis, but {kind.name} tokens have one code "
+            "per time step; use model.token_layout: flat"
+        )
+    # in the time layout max_frames counts whole time steps, so it is on the grid whatever it is
+    if params["model"]["token_layout"] == "flat" and kind.freq_patches > 1 and max_frames % kind.freq_patches:
         raise PreflightError(
             f"params.yaml: model.max_frames = {max_frames} is not a multiple of {kind.freq_patches}, the codes per time step of "
             f"{kind.name} tokens, so training crops would break their time-frequency grid; use {max_frames // kind.freq_patches * kind.freq_patches}"

@@ -214,7 +214,9 @@ class Model(Section):
     ffn_dim: PositiveInt
     dropout: Fraction
     use_clap: bool
-    max_frames: PositiveInt  # max_frames + 2 <= a pretrained BART's positions: checked by preflight
+    max_frames: PositiveInt  # positions (frames, or time steps in the time layout); + 2 <= a pretrained BART's positions: preflight
+    token_layout: Literal["flat", "time"]  # time needs tokens with a frequency axis: checked by preflight
+    frequency_embedding: Literal["tables", "projection"]
 
     @model_validator(mode="after")
     def _from_scratch(self) -> Model:

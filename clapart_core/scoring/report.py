@@ -3,7 +3,8 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers and codebook size, CLAP on/off, the caption reranking (``generate.rerank``) and the scores, followed by one row per other epoch
+with token type, RVQ layers and codebook size, CLAP on/off, the token layout (``model.token_layout``),
+the caption reranking (``generate.rerank``) and the scores, followed by one row per other epoch
 ``train.keep_best`` kept (from ``scores_epochs.json`` beside the scores: column ``epoch``, and
 ``selected`` False), as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
@@ -27,7 +28,7 @@ from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
     "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "codebook_corpus", "rvq_error", "model.use_clap",
-    "rerank",
+    "model.token_layout", "rerank",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
@@ -164,6 +165,8 @@ def collect_rows(
                 "codebook_corpus": codebook_corpus(params) if rvq else None,
                 "rvq_error": rvq_report(rev, metrics_file).get("relative_error") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
+                # runs from before the key existed were flat (one encoder position per code frame)
+                "model.token_layout": _get(params, "model.token_layout") or "flat",
                 "rerank": rerank_label(params.get("generate")),
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
@@ -217,16 +220,18 @@ def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """One label per row naming its line: the CLAP setting, plus the token type and the codebook
-    size and the reranking where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K,
-    with/without CLAP, no reranking)."""
+    """One label per row naming its line: the CLAP setting, plus the token type, the codebook size,
+    the token layout and the reranking where the plotted runs differ in them (the paper's plot:
+    BEATs-RVQ, one K, flat, with/without CLAP, no reranking)."""
     vary_type = len({r["encoder.type"] for r in rows}) > 1
     vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
     vary_rerank = len({r.get("rerank", "none") for r in rows}) > 1
+    vary_layout = len({r.get("model.token_layout", "flat") for r in rows}) > 1
     labels = []
     for r in rows:
         parts = [str(r["encoder.type"])] if vary_type else []
         parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
+        parts += [f"{r.get('model.token_layout', 'flat')} layout"] if vary_layout else []
         parts += ["with CLAP" if r["model.use_clap"] else "without CLAP"]
         parts += [f"rerank {r.get('rerank', 'none')}"] if vary_rerank else []
         labels.append(", ".join(parts))
@@ -235,7 +240,7 @@ def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
 
 def write_layers_svg(rows: Sequence[dict[str, Any]], path: Path, width: int = 520, height: int = 320) -> str:
     """Plot the metric against ``rvq.layers`` (log2 axis) for the runs with RVQ codebooks, one line per
-    token type, codebook size and CLAP setting (:func:`_line_labels`), one point per run: its
+    token type, codebook size, token layout, reranking and CLAP setting (:func:`_line_labels`), one point per run: its
     selected epoch (rows of other kept epochs are left out); returns the metric name."""
     import math
 
