@@ -178,3 +178,58 @@ def test_killed_two_process_run_resumes_on_two_and_on_one_process(tmp_path: Path
 
     on_one = run(tmp_path / "on_one", resume=True)
     assert on_one["resumed_from_step"] == 3 and on_one["steps"] == 10 and on_one["num_processes"] == 1
+
+
+def test_train_stage_launches_itself_and_the_printed_command_runs(tmp_path: Path) -> None:
+    """`python -m stages.train` with train.num_processes 2 runs itself under accelerate launch (one
+    blocking command, as DVC needs); rank 0 alone writes data/model, its front end and dvclive.
+    Then the line `clapart launch-command --gpus-per-node 2 --cpu` prints runs in the same
+    project (resuming the finished run's checkpoint, so it trains no step)."""
+    toy._stage_project(tmp_path, num_processes=2, resume=True, select_by="loss", keep_best=0)
+    _record_encoder(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "data/model/training_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["steps"] == 2
+    assert (tmp_path / "data/model/frontend.json").is_file() and (tmp_path / "dvclive/metrics.json").is_file()
+    assert proc.stderr.count("saved captioner to") == 1  # rank 0 only
+
+    printed = subprocess.run(
+        [sys.executable, "-m", "clapart_core.cli", "launch-command", "--gpus-per-node", "2", "--cpu", "--port", str(distributed.free_port())],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert printed[0] == "# train.num_processes: 2 in params.yaml; machine 0 of 1"
+    again = subprocess.run(["bash", "-c", printed[1]], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "data/model/training_summary.json").read_text())["resumed_from_step"] == 2
+
+
+def _record_encoder(root: Path) -> None:
+    """Give the toy project's tokens the encoder record the stage's front end (frontend.json) reads."""
+    from clapart_core.encoders.registry import token_metadata, token_type
+    from clapart_core.pipeline.storage import read_tokens, write_tokens
+
+    meta = token_metadata(token_type("beats_rvq"), 2, 8, {"spec": {"random": {}}, "pretrained": False, "weights_sha256": None})
+    for split in ("train", "val"):
+        path = root / f"data/tokens/{split}.parquet"
+        table = read_tokens(path)
+        rows = list(zip(table.clip_ids, table.codes, strict=True))
+        write_tokens(path, iter(rows), meta)
+
+
+def test_launch_command_cli_slurm_script_and_one_line_errors() -> None:
+    from typer.testing import CliRunner
+
+    from clapart_core.cli import app
+
+    result = CliRunner().invoke(app, ["launch-command", "--nodes", "2", "--gpus-per-node", "8", "--slurm", "--phase", "clotho"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "#SBATCH --nodes=2" in lines and "#SBATCH --gpus-per-node=8" in lines
+    assert lines[-1] == (
+        "srun bash -c 'accelerate launch --multi_gpu --num_processes 16 --num_machines 2 --machine_rank $SLURM_NODEID "
+        "--main_process_ip $MAIN_IP --main_process_port 29500 --mixed_precision no --dynamo_backend no -m stages.train --phase clotho'"
+    )
+    bad = CliRunner().invoke(app, ["launch-command", "--nodes", "2", "--gpus-per-node", "4"])
+    assert bad.exit_code == 2 and "error: several machines need the address of machine 0 (--main-ip)" in bad.output

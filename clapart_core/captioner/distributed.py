@@ -188,7 +188,7 @@ def launch_command(
     if not 0 <= machine_rank < num_machines:
         raise ParamsError(f"machine rank {machine_rank} is not in 0..{num_machines - 1}")
     if num_machines > 1 and not main_process_ip:
-        raise ParamsError("several machines need the address of machine 0 (main_process_ip)")
+        raise ParamsError("several machines need the address of machine 0 (--main-ip)")
     argv = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", str(num_machines)]
     if num_machines > 1:
         argv += ["--machine_rank", str(machine_rank), "--main_process_ip", str(main_process_ip)]
@@ -210,3 +210,32 @@ def relaunch(module: str, args: Sequence[str], num_processes: int, *, cpu: bool)
     argv, env = launch_command([module, *args], num_processes=num_processes, main_process_port=free_port(), cpu=cpu)
     argv = [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
     return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
+
+
+def slurm_script(module_args: Sequence[str], *, nodes: int, gpus_per_node: int, main_process_port: int = 29500) -> str:
+    """A SLURM batch script running ``python -m <module_args>`` on ``nodes`` x ``gpus_per_node`` GPUs.
+
+    One task per node runs ``accelerate launch`` for its GPUs; machine 0 is the job's first host.
+    A DVC stage uses it as ``cmd: sbatch --wait FILE`` (``--wait``: the command blocks until the
+    job ends and returns its status, so DVC sees one blocking command). The project folder must be
+    on a file system every node shares (rank 0 writes the outputs there).
+    """
+    argv, _ = launch_command(
+        module_args, num_processes=nodes * gpus_per_node, num_machines=nodes,
+        machine_rank=0, main_process_ip="MAIN_IP", main_process_port=main_process_port,
+    )
+    line = " ".join(shlex.quote(a) for a in argv)
+    if nodes > 1:  # expanded per task on its node (SLURM_NODEID) and by the batch shell (MAIN_IP)
+        line = line.replace("--machine_rank 0", "--machine_rank $SLURM_NODEID").replace("--main_process_ip MAIN_IP", "--main_process_ip $MAIN_IP")
+    return "\n".join([
+        "#!/bin/bash",
+        f"#SBATCH --nodes={nodes}",
+        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --gpus-per-node={gpus_per_node}",
+        f"# train.num_processes must be {nodes * gpus_per_node} in params.yaml",
+        "set -euo pipefail",
+        'MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MAIN_IP",
+        f"srun bash -c '{line}'",
+        "",
+    ])
