@@ -1,7 +1,9 @@
 """One prepared GPU check (run on a lent GPU machine): the captioner's CUDA + bf16 training path
 and beam search, step timings for the demo-sized and a bart-base-sized captioner (fp32 and bf16),
-and the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
-line saying so, and a torch CUDA Lloyd with the same init and iterations either way.
+the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
+line saying so, and a torch CUDA Lloyd with the same init and iterations either way; and the
+training loop on 1 GPU vs one process per GPU (``train.num_processes``, NCCL under accelerate
+launch; :mod:`bench.bench_ddp`) where 2 or more GPUs are visible, else a line saying why not.
 
     python -m bench.gpu_check        # prints `name: value unit` lines
 """
@@ -112,8 +114,20 @@ def kmeans_lines(m: int = 262144, d: int = 768, layers: int = 4, k: int = 1024, 
     return lines
 
 
+def ddp_lines(max_processes: int = 4) -> list[str]:
+    """Training steps/s on 1 GPU vs one process per GPU (up to ``max_processes``), same global batch."""
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return [f"gpu_train_ddp: unavailable ({gpus} GPU visible; NCCL runs one process per GPU, so N processes need N GPUs)"]
+    from bench.bench_ddp import compare
+
+    return list(compare("cuda", min(gpus, max_processes), 64, 496, 12))
+
+
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    for line in ddp_lines():
+        print(line, flush=True)
     for line in kmeans_lines():
         print(line, flush=True)
     out = Path("/tmp/clapart_gpu_model")

@@ -20,6 +20,7 @@ BENCHMARKS = (
     "bench.bench_storage",
     "bench.bench_beats",
     "bench.bench_train",
+    "bench.bench_ddp",
     "bench.bench_dvc",
     "bench.bench_evaluate",
 )
