@@ -4,7 +4,9 @@ The real loop (:func:`clapart_core.captioner.training.train_captioner`: build_ba
 forward, backward, gradient all-reduce, clip, AdamW) on the demo model and synthetic clips
 (16 codebooks, CLAP slot), the same global batch every time:
 
-* 1 process with all the cores' threads (what ``num_processes: 1`` runs),
+* 1 process with all the cores' threads (what ``num_processes: 1`` runs), and on a CPU also 1
+  process with 1 thread (on a busy machine OpenMP's spin-waiting threads can make the first far
+  slower than the core count suggests; the second is the per-process setting of the N-process run),
 * N processes under ``accelerate launch`` with cores / N threads each (CPU: gloo; ``--device cuda``:
   one GPU per process, NCCL).
 
@@ -91,12 +93,19 @@ def compare(device: str, processes: int, batch: int, frames: int, steps: int, ta
     setting = f"global batch {batch} × {frames} frames × 16 codebooks, demo model, {steps} steps, {device}"
     with tempfile.TemporaryDirectory(prefix="clapart-bench-ddp-") as tmp:
         one = train_job(job(device, batch, frames, steps, cores, 1), Path(tmp) / "one" / "model")
+        single = train_job(job(device, batch, frames, steps, 1, 1), Path(tmp) / "single" / "model") if device == "cpu" and cores > 1 else None
+        set_threads(cores)
         many, wall = launch_job(job(device, batch, frames, steps, per_rank, processes), Path(tmp) / "many")
     base = 1.0 / one["seconds_per_step"]
     rate = 1.0 / many["seconds_per_step"]
     prefix = "train_ddp" if device == "cpu" else "gpu_train_ddp"
     yield line(f"{prefix}_1proc{tag}", base, "steps/s", f"1 process × {cores} threads, {setting}")
-    yield line(f"{prefix}_{processes}proc{tag}", rate, "steps/s", f"{rate / base:.2f}x 1 process; {processes} processes × {per_rank} threads, same run")
+    note = f"{rate / base:.2f}x 1 process × {cores} threads"
+    if single is not None:
+        one_thread = 1.0 / single["seconds_per_step"]
+        yield line(f"{prefix}_1proc_1thread{tag}", one_thread, "steps/s", f"{one_thread / base:.2f}x 1 process × {cores} threads, same run")
+        note += f", {rate / one_thread:.2f}x 1 process × 1 thread"
+    yield line(f"{prefix}_{processes}proc{tag}", rate, "steps/s", f"{note}; {processes} processes × {per_rank} threads, same run")
     overhead = wall - many["seconds_per_step"] * many["steps"]
     yield line(f"{prefix}_{processes}proc_launch{tag}", overhead, "s", f"accelerate launch start-up and rendezvous, {processes} processes, once per stage run")
 
