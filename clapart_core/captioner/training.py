@@ -23,6 +23,11 @@ effect). Same seed, same data, same thread count -> identical losses and weights
 Resume: with a ``checkpoint_dir`` the loop writes ``last.pt`` (see :mod:`clapart_core.captioner.train_state`)
 at every epoch end and every ``checkpoint_every`` steps; with ``resume: true`` it continues from
 a matching one, to bitwise the same result as the uninterrupted run.
+
+Several processes (``train.num_processes``, launched by ``accelerate launch``): see
+:mod:`clapart_core.captioner.distributed`. Each step is :func:`_backward_share` instead of
+:func:`backward_batch` on the whole batch; rank 0 alone writes dvclive, checkpoints, epoch
+snapshots and ``out_dir``. With 1 process none of it runs: the loop above is unchanged.
 """
 
 from __future__ import annotations
