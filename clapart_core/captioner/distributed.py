@@ -206,7 +206,16 @@ def relaunch(module: str, args: Sequence[str], num_processes: int, *, cpu: bool)
 
     The launcher is this interpreter's accelerate (``python -m accelerate.commands.launch``, so the
     venv's), on a free port (several jobs may share a machine). Returns the job's exit status.
+
+    Raises:
+        ParamsError: more GPU processes than this machine has GPUs (NCCL runs one per GPU).
     """
+    gpus = 0 if cpu else torch.cuda.device_count()
+    if not cpu and num_processes > gpus:
+        raise ParamsError(
+            f"params.yaml: train.num_processes={num_processes} but this machine has {gpus} GPU(s), one per process; "
+            "lower it, or launch on several machines (README: Several GPUs or machines)"
+        )
     argv, env = launch_command([module, *args], num_processes=num_processes, main_process_port=free_port(), cpu=cpu)
     argv = [sys.executable, "-m", "accelerate.commands.launch", *argv[2:]]
     return subprocess.run(argv, env={**os.environ, **env}, check=False).returncode
