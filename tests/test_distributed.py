@@ -235,3 +235,9 @@ def test_launch_command_cli_slurm_script_and_one_line_errors() -> None:
     )
     bad = CliRunner().invoke(app, ["launch-command", "--nodes", "2", "--gpus-per-node", "4"])
     assert bad.exit_code == 2 and "error: several machines need the address of machine 0 (--main-ip)" in bad.output
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="the refusal needs fewer than 2 GPUs")
+def test_relaunch_refuses_more_gpu_processes_than_gpus() -> None:
+    with pytest.raises(ParamsError, match=r"train.num_processes=2 but this machine has [01] GPU\(s\), one per process"):
+        distributed.relaunch("stages.train", [], 2, cpu=False)
