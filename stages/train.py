@@ -12,6 +12,7 @@ Started by a launcher already (several machines, README "Several GPUs or machine
 The validation scorer comes from clapart_core/scoring and is handed to the training loop: the
 captioner does not import scoring/ (later in the figure's order)."""
 
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ def main(params: dict[str, Any], ws: Workspace) -> None:
         if status:
             raise SystemExit(status)  # the ranks have said why
         return
+    if not distributed.is_main_process():
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 tells the run's progress, once
     manifest, _ = read_manifest(ws.manifest)
     use_clap = params["model"]["use_clap"]
     splits = {
