@@ -1,7 +1,9 @@
 """One prepared GPU check (run on a lent GPU machine): the captioner's CUDA + bf16 training path
 and beam search, step timings for the demo-sized and a bart-base-sized captioner (fp32 and bf16),
-the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
-line saying so, and a torch CUDA Lloyd with the same init and iterations either way; and the
+and the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
+line saying so, and a torch CUDA Lloyd with the same init and iterations either way; the codebooks
+stage's own switch (``rvq.kmeans.gpu: true``, all visible GPUs) against FAISS on the CPU on the
+same sample; and the `features` stage with 1 process vs one process per GPU (issue 14); and the
 training loop on 1 GPU vs one process per GPU (``train.num_processes``, NCCL under accelerate
 launch; :mod:`bench.bench_ddp`) where 2 or more GPUs are visible, else a line saying why not.
 
@@ -16,12 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.bench_extract import extraction_lines
 from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model import ClapArtConfig, ClapArtForCaptioning, sample_mcm_mask, small_bart_config
 from clapart_core.captioner.model_dir import load_captioner
 from clapart_core.captioner.training import train_captioner
-from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, import_faiss
+from clapart_core.pipeline.errors import ParamsError
+from clapart_core.tokens.rvq import KMeansConfig, fit_residual_codebooks, import_faiss, kmeans_gpus, quantisation_report
 
 
 def examples(n: int, frames: int, codebooks: int, k: int, seed: int) -> list[CaptionExample]:
@@ -124,11 +128,36 @@ def ddp_lines(max_processes: int = 4) -> list[str]:
     return list(compare("cuda", min(gpus, max_processes), 64, 496, 12))
 
 
+def kmeans_switch_lines(m: int = 131072, d: int = 768, layers: int = 2, k: int = 1024, niter: int = 10) -> list[str]:
+    """The codebooks stage's fit with ``rvq.kmeans.gpu: true`` (FAISS on every visible GPU) vs
+    ``false`` (FAISS on the CPU), same sample, seed and iterations: time and relative error."""
+    x = np.random.default_rng(1).standard_normal((m, d)).astype(np.float32)
+    setting = f"{layers} layers × {k} codes, D={d}, {m} frames, {niter} iterations"
+    try:
+        gpus = kmeans_gpus(True)
+    except ParamsError as err:  # no faiss-gpu or no GPU: the stage's own one-sentence error
+        return [f"codebooks_fit_gpu_true: unavailable ({err})"]
+    lines = []
+    for name, n in (("gpu_true", gpus), ("gpu_false", 0)):
+        t = time.perf_counter()
+        books = fit_residual_codebooks(x, layers, k, KMeansConfig(niter=niter, seed=1115, gpu=n))
+        seconds = time.perf_counter() - t
+        err = quantisation_report(x, books)[-1]["relative_error"]
+        where = f"{n} GPU" if n else f"CPU, {torch.get_num_threads()} threads"
+        lines.append(f"codebooks_fit_{name}: {seconds:.2f} s ({setting}, {where}, relative error {err:.4f})")
+    return lines
+
+
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
     for line in ddp_lines():
         print(line, flush=True)
     for line in kmeans_lines():
+        print(line, flush=True)
+    for line in kmeans_switch_lines():
+        print(line, flush=True)
+    # sharded extraction: full-size random BEATs, 1 process vs one per GPU (2 on one GPU)
+    for line in extraction_lines(96, {}, (1, max(2, torch.cuda.device_count())), device="cuda"):
         print(line, flush=True)
     out = Path("/tmp/clapart_gpu_model")
     data = examples(256, 192, 16, 256, 0)

@@ -19,6 +19,7 @@ BENCHMARKS = (
     "bench.bench_rvq",
     "bench.bench_storage",
     "bench.bench_beats",
+    "bench.bench_extract",
     "bench.bench_train",
     "bench.bench_ddp",
     "bench.bench_dvc",

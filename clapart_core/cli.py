@@ -146,7 +146,8 @@ class CaptionWriter:
     line per record with backslash, tab and line breaks escaped as ``\\``, ``\t``, ``\n``,
     ``\r``; ``csv``: RFC 4180 quoting (a line break in a file name stays inside its quoted field);
     ``jsonl``: one JSON object per line with every column (``flags`` a list, absent values null,
-    plus ``reason``).
+    plus ``reason``; with ``--rerank``, ``selected`` and ``candidates``: each candidate's caption,
+    ``loglik``, ``clap_cosine`` and ``score``).
     """
 
     def __init__(self, fmt: str, out: Any = None) -> None:
@@ -178,6 +179,13 @@ class CaptionWriter:
                 "error": record.error,
                 "reason": record.reason,
             }
+            if record.candidates is not None:  # --rerank: every candidate and its scores, to audit the choice
+                c = record.candidates
+                obj["selected"] = c.chosen
+                cosine = [None] * len(c.texts) if c.clap_cosine is None else [float(v) for v in c.clap_cosine]
+                obj["candidates"] = [
+                    {"caption": t, "loglik": float(c.loglik[j]), "clap_cosine": cosine[j], "score": float(c.score[j])} for j, t in enumerate(c.texts)
+                ]
             self.out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         self.out.flush()
 
@@ -194,6 +202,15 @@ def caption(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="Output: tsv, csv or jsonl (one record per file or window).")] = "tsv",
     batch_size: Annotated[int, typer.Option(help="Clips (or windows) captioned together.")] = 8,
+    rerank: Annotated[
+        str, typer.Option(help="none (the best beam), clap (CLAP audio-text cosine) or hybrid: rerank candidate captions as generate.rerank does.")
+    ] = "none",
+    candidates: Annotated[int, typer.Option(help="Candidate captions per clip with --rerank (>= 2).")] = 50,
+    sampling: Annotated[str, typer.Option(help="How --rerank's candidates are drawn: nucleus or beam.")] = "nucleus",
+    temperature: Annotated[float, typer.Option(help="Nucleus sampling temperature (> 0).")] = 0.5,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass, in (0, 1].")] = 0.95,
+    rerank_weight: Annotated[float, typer.Option(help="hybrid: weight of the log-likelihood, 1 - it of the CLAP cosine, in [0, 1].")] = 0.3,
+    seed: Annotated[int, typer.Option(help="Nucleus sampling seed (the params' seed reproduces the score stage's candidates).")] = 1115,
 ) -> None:
     """Caption your own audio files with a trained model.
 
@@ -209,6 +226,12 @@ def caption(
     if window is not None and not (math.isfinite(window) and window > 0):
         _fail(f"--window must be a positive number of seconds, got {window}")
     check_device(device)
+    from clapart_core.captioner.rerank import RerankSettings
+
+    try:
+        rerank_settings = RerankSettings(rerank, candidates, sampling, temperature, top_p, rerank_weight, seed)
+    except ValueError as err:
+        _fail(f"--rerank options: {err}")
     paths = expand_audio_args(audio)
     # a model directory is data: it must not make `caption` reach the network
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -226,6 +249,11 @@ def caption(
         _fail(f"--max-length {max_length} is more than the {limits.max_length} caption tokens the decoder of {model} has positions for")
     if window is not None and not limits.min_seconds <= window <= limits.max_window:
         _fail(f"--window must be between {limits.min_seconds:.3f} s and {limits.max_window:.2f} s (what {model} captions at once), got {window:g}")
+    if rerank_settings.uses_clap:
+        from clapart_core.captioner.frontend import load_frontend
+
+        if load_frontend(model)["clap"] is None:
+            _fail(f"--rerank {rerank} needs a CLAP model, and {model} has none (it was trained with model.use_clap false); use --rerank none")
 
     import transformers
 
@@ -240,7 +268,8 @@ def caption(
     except (ModelDirError, ModelNotFoundError, CheckpointError, FileNotFoundError, ValueError) as err:
         _fail(str(err))
     writer = CaptionWriter(fmt)
-    for record in pipe.caption_stream(paths, window=window, num_beams=num_beams, max_length=max_length, batch_size=batch_size):
+    stream = pipe.caption_stream(paths, window=window, num_beams=num_beams, max_length=max_length, batch_size=batch_size, rerank=rerank_settings)
+    for record in stream:
         writer.write(record)
     if writer.failed:
         raise typer.Exit(1)
@@ -437,6 +466,33 @@ def rehearsal_corpus(
         train_caption_tokenizer(training_captions(clips), tokenizer_vocab, out_dir=out / TOKENIZER_DIR, pad_vocabulary=True)
     hours = sum(c.seconds for c in clips) / 3600
     typer.echo(f"{out}: {len(clips)} clips ({hours:.2f} h of audio); AudioCaps {tuple(audiocaps)}, Clotho {tuple(clotho)} (train, val, test)")
+
+
+@app.command("demo-corpus")
+def demo_corpus(
+    out: Annotated[Path, typer.Argument(help="Root to write (folder layout; an earlier demo corpus there is replaced).")],
+    clips: Annotated[int, typer.Option(help="Clips in all (70/15/15 train/val/test).")] = 400,
+    seconds: Annotated[float, typer.Option(help="Clip length (s).")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Corpus seed (same seed, same files; the pipeline's demo uses params seed).")] = 1115,
+    layout: Annotated[
+        list[str] | None, typer.Option(metavar="NAME=WEIGHT", help="Scene layout weight (repeatable; unnamed layouts get 0; default: the demo's mix).")
+    ] = None,
+) -> None:
+    """Generate a synthetic demo corpus in the folder layout, e.g. a second corpus with other event mixes
+    for `dvc exp run -S codebook_corpus.source=folder -S codebook_corpus.root=OUT`."""
+    from clapart_core.corpus.demo import LAYOUTS, generate_demo_corpus
+
+    weights = None
+    if layout:
+        try:
+            weights = {name: float(w) for name, w in (item.split("=", 1) for item in layout)}
+        except ValueError:
+            _fail(f"--layout takes NAME=WEIGHT with NAME one of {', '.join(LAYOUTS)}, got {' '.join(layout)}")
+    try:
+        generate_demo_corpus(out, n_clips=clips, clip_seconds=seconds, seed=seed, layout_weights=weights)
+    except (FileExistsError, ValueError) as err:
+        _fail(str(err))
+    typer.echo(f"{out}: {clips} demo clips of {seconds:g} s (seed {seed}, layouts {weights or 'default'})")
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """Stage `corpus`: build data/corpus/manifest.parquet from data.source (generating the demo corpus into data.root first for `demo`).
-With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NAME/corpus/."""
+With --phase NAME: the fine-tuning corpus finetune.NAME.data -> data/finetune/NAME/corpus/.
+With --codebook-corpus: the corpus params codebook_corpus names (data overlaid by it) -> data/codebook_corpus/corpus/,
+or, when codebook_corpus.source is null, only a marker saying there is none."""
 
 from pathlib import Path
 from typing import Any
@@ -7,10 +9,13 @@ from typing import Any
 from clapart_core.corpus.build import build_manifest
 from clapart_core.corpus.manifest import write_manifest
 from clapart_core.corpus.sources import AAC_DEFAULTS
-from clapart_core.pipeline.params import Workspace, run_stage
+from clapart_core.pipeline.params import Workspace, mark_unused, run_stage
 
 
 def main(params: dict[str, Any], ws: Workspace) -> None:
+    if ws.codebook_corpus and params["codebook_corpus"]["source"] is None:
+        mark_unused(ws.manifest.parent)  # the codebooks are fitted on the training split: nothing to build
+        return
     data, seed = params["data"], params["seed"]
     source = data["source"]
     if source == "demo":

@@ -207,3 +207,20 @@ def test_bad_arguments() -> None:
         demo_scenes(5)
     with pytest.raises(ValueError, match="clip_seconds"):
         demo_scenes(20, clip_seconds=1.0)
+
+
+def test_layout_weights_draw_another_event_mix(tmp_path):
+    """A second demo corpus for the codebooks (params codebook_corpus): only the named layouts; the default mix unchanged."""
+    from typer.testing import CliRunner
+
+    from clapart_core.cli import app
+    from clapart_core.corpus.demo import demo_scenes, read_scenes
+
+    busy = demo_scenes(40, 4.0, 7, layout_weights={"sequence3": 1, "sequence_over": 1})
+    assert {c.layout for c in busy} == {"sequence3", "sequence_over"}
+    assert demo_scenes(40, 4.0, 7, layout_weights=None) == demo_scenes(40, 4.0, 7)
+    out = CliRunner().invoke(app, ["demo-corpus", str(tmp_path / "b"), "--clips", "10", "--seed", "7", "--layout", "sequence3=1"])
+    assert out.exit_code == 0, out.output
+    assert {c.layout for c in read_scenes(tmp_path / "b")} == {"sequence3"} and (tmp_path / "b/train.csv").is_file()
+    bad = CliRunner().invoke(app, ["demo-corpus", str(tmp_path / "c"), "--layout", "crowd=1"])
+    assert bad.exit_code == 2 and "unknown layout 'crowd'" in bad.output

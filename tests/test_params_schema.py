@@ -101,6 +101,17 @@ MISTAKES = [
     ({"rvq.layer": 8}, r"unknown key rvq\.layer; did you mean rvq\.layers\?"),
     ({"layers": 8}, r"unknown key layers; did you mean rvq\.layers\?"),  # `-S +layers=8`
     ({"rvq": 8}, r"rvq should be a mapping of keys, not 8"),
+    # codebooks from another corpus or a file (issue 15 item 1)
+    ({"codebook_corpus.source": "folder"}, r"codebook_corpus\.root = null must name the corpus folder when codebook_corpus\.source = 'folder'"),
+    ({"codebook_corpus.rot": "x"}, r"codebook_corpus\.rot = 'x' is not a data key"),
+    ({"codebook_corpus.source": "demo", "codebook_corpus.root": "x", "codebook_corpus.demo": {"n_clips": 2, "clip_seconds": 4.0}},
+     r"codebook_corpus\.demo\.n_clips = 2 should be greater than or equal to 7"),
+    ({"codebook_corpus.source": "folder", "codebook_corpus.root": "/nope/b"}, r"codebook_corpus\.root = '/nope/b' is not a folder"),
+    ({"codebook_corpus.source": "folder", "codebook_corpus.root": "data/corpus/demo"}, r"codebook_corpus\.root = 'data/corpus/demo' is data\.root"),
+    ({"rvq.codebooks_file": "/nope/rvq.npz"}, r"rvq\.codebooks_file = '/nope/rvq\.npz' does not exist"),
+    ({"codebook_corpus.source": "folder", "codebook_corpus.root": "/", "rvq.codebooks_file": "/nope/rvq.npz"},
+     r"codebook_corpus\.source and rvq\.codebooks_file are both set"),
+    ({"encoder.type": "encodec", "rvq.codebooks_file": "/nope/rvq.npz"}, r"rvq\.codebooks_file is set but encoder\.type = encodec produces its own codes"),
 ]
 
 

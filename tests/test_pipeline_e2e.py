@@ -68,7 +68,11 @@ def project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_pipeline_repro_noop_and_ablation(project: Path):
     out = _run(["dvc", "repro"], project)
-    assert sorted(_ran(out)) == sorted(["corpus", "configure", "decode", "features", "clap", "codebooks", "tokenize", "train", "score"])
+    stages = ["corpus", "configure", "decode", "features", "clap", "codebooks", "tokenize", "train", "score"]
+    assert sorted(_ran(out)) == sorted(stages + ["cb_corpus", "cb_decode", "cb_features"])
+    # no codebook_corpus: its chain writes markers only, and the codebooks are fitted on the training split
+    assert sorted(p.name for p in (project / "data/codebook_corpus").rglob("*") if p.is_file()) == ["unused.txt"] * 3
+    assert json.loads((project / "metrics/rvq.json").read_text())["codebooks"]["fitted_on"] == "training split"
     scores = json.loads((project / "metrics/scores.json").read_text())
     assert set(scores) == {"bleu_1", "bleu_2", "bleu_3", "bleu_4", "meteor", "rouge_l", "cider_d", "spice", "spider"}
     assert all(v is None or isinstance(v, float) for v in scores.values()), "the DVC metric holds numbers only"

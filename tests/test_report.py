@@ -8,12 +8,18 @@ def _notes(rev, scores_file):
     return {"n_clips": 1045 if "finetune" in scores_file else 60, "baseline_cider_d": 0.5}
 
 
-def _run(name, etype, layers, clap, cider, spider=None, size=256):
+def _rvq(rev, scores_file):
+    """metrics/rvq.json of the fake runs: the codebooks' relative error on the training split."""
+    return {"relative_error": 0.25}
+
+
+def _run(name, etype, layers, clap, cider, spider=None, size=256, generate=None):
+    params = {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}
     return {
         "rev": name * 3,
         "name": name,
         "data": {
-            "params": {"params.yaml": {"data": {"encoder": {"type": etype}, "rvq": {"layers": layers, "codebook_size": size}, "model": {"use_clap": clap}}}},
+            "params": {"params.yaml": {"data": {**params, **({"generate": generate} if generate else {})}}},
             "metrics": {
                 "metrics/scores.json": {"data": {"cider_d": cider, "spider": spider, "bleu_4": 0.1}},
                 "metrics/decode.json": {"data": {"n_skipped": 0}},  # not a scores file: no row
@@ -41,7 +47,7 @@ EXP_SHOW = [
 
 
 def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
-    rows = collect_rows(EXP_SHOW, notes=_notes)
+    rows = collect_rows(EXP_SHOW, notes=_notes, rvq_report=_rvq)
     assert [r["run"] for r in rows] == ["workspace", "l8", "l1", "noclap", "enc", "hub", "st", "old"]
     by_run = {r["run"]: r for r in rows}
     # rvq.* applies to the types whose codes come from the codebooks, and to no other
@@ -50,10 +56,10 @@ def test_rows_dedupe_and_ignore_rvq_params_for_other_types(tmp_path):
     assert (by_run["hub"]["rvq.layers"], by_run["hub"]["rvq.codebook_size"]) == (16, 256)
     assert (by_run["l8"]["rvq.layers"], by_run["l8"]["rvq.codebook_size"]) == (8, 256)
     md = to_markdown(rows)
-    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | True | – | 1.1000 |" in md
-    assert "| st | main | – | True | speechtokenizer | – | – | True | – | 0.6000 |" in md
+    assert md.count("\n") == len(rows) + 2 and "| l8 | main | – | True | beats_rvq | 8 | 256 | train split | 0.2500 | True | none | – | 1.1000 |" in md
+    assert "| st | main | – | True | speechtokenizer | – | – | – | – | True | none | – | 0.6000 |" in md
     write_csv(rows, tmp_path / "r.csv")
-    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,model.use_clap,spider"
+    header = "run,phase,epoch,selected,encoder.type,rvq.layers,rvq.codebook_size,codebook_corpus,rvq_error,model.use_clap,rerank,spider"
     assert (tmp_path / "r.csv").read_text().splitlines()[0].startswith(header)
 
 
@@ -106,11 +112,11 @@ def test_kept_epochs_are_rows_after_their_runs_selected_epoch(tmp_path):
 
     run = _run("paper", "beats_rvq", 16, True, 1.3)
     run["data"]["metrics"]["metrics/finetune/clotho/scores.json"] = {"data": {"cider_d": 0.5}}
-    rows = collect_rows([{**run, "experiments": None}], notes=_notes, epochs=epochs)
+    rows = collect_rows([{**run, "experiments": None}], notes=_notes, epochs=epochs, rvq_report=_rvq)
     assert [(r["phase"], r["epoch"], r["selected"], r["cider_d"], r["bleu_4"], r["n_clips"]) for r in rows] == [
         ("main", 5, True, 1.3, 0.1, 60), ("main", 3, False, 1.4, 0.2, 60), ("finetune/clotho", None, True, 0.5, None, 1045)
     ]
-    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | True | – | 1.4000 |" in to_markdown(rows)
+    assert "| paper | main | 3 | False | beats_rvq | 16 | 256 | train split | 0.2500 | True | none | – | 1.4000 |" in to_markdown(rows)
     write_layers_svg([r for r in rows if r["phase"] == "main"], tmp_path / "p.svg")  # as `clapart results --plot` does
     assert (tmp_path / "p.svg").read_text().count("<circle") == 1  # epoch 5's, not epoch 3's
 
@@ -124,3 +130,34 @@ def test_codebook_size_ablation_rows_and_lines(tmp_path):
     write_layers_svg(rows, tmp_path / "k.svg")
     svg = (tmp_path / "k.svg").read_text()
     assert svg.count("<path") == 3 and all(f"K={k}, with CLAP" in svg for k in (256, 512, 1024))
+
+
+def test_codebook_corpus_column_names_where_the_codebooks_come_from():
+    """One row per source of codebooks (the issue-15 sensitivity): the training split, another corpus,
+    a codebook file; each with its codebooks' error on the training split (metrics/rvq.json)."""
+    here = _run("here", "beats_rvq", 16, True, 1.3)
+    other = _run("other", "beats_rvq", 16, True, 1.2)
+    other["data"]["params"]["params.yaml"]["data"]["codebook_corpus"] = {"source": "folder", "root": "/corpora/b"}
+    file = _run("file", "beats_rvq", 16, True, 1.1)
+    file["data"]["params"]["params.yaml"]["data"]["rvq"]["codebooks_file"] = "pub/rvq.npz"
+    enc = _run("enc", "encodec", 16, True, 0.9)
+    errors = {"here" * 3: 0.2, "other" * 3: 0.3, "file" * 3: 0.35}
+    rows = collect_rows([{**here, "experiments": [{"revs": [r]} for r in (other, file, enc)]}], notes=_notes,
+                        rvq_report=lambda rev, _f: {"relative_error": errors[rev]} if rev in errors else {})
+    assert [(r["run"], r["codebook_corpus"], r["rvq_error"]) for r in rows] == [
+        ("here", "train split", 0.2), ("other", "folder:/corpora/b", 0.3), ("file", "file:pub/rvq.npz", 0.35), ("enc", None, None)
+    ]
+
+
+def test_the_rerank_column_names_the_reranking_and_gets_its_own_plot_line(tmp_path):
+    plain = {"rerank": "none", "candidates": 50, "sampling": "nucleus", "rerank_weight": 0.3}
+    runs = [
+        _run("beam", "beats_rvq", 16, True, 1.3, generate=plain),
+        _run("hyb", "beats_rvq", 16, True, 1.4, generate={**plain, "rerank": "hybrid"}),
+        _run("clp", "beats_rvq", 16, True, 1.2, generate={**plain, "rerank": "clap", "candidates": 8, "sampling": "beam"}),
+    ]
+    rows = collect_rows([{**runs[0], "experiments": [{"revs": runs[1:]}]}], notes=_notes)
+    assert [(r["run"], r["rerank"]) for r in rows] == [("beam", "none"), ("hyb", "hybrid 0.3, 50 nucleus"), ("clp", "clap 8 beam")]
+    write_layers_svg(rows, tmp_path / "p.svg")
+    svg = (tmp_path / "p.svg").read_text()
+    assert "with CLAP, rerank none" in svg and "with CLAP, rerank hybrid 0.3, 50 nucleus" in svg

@@ -72,3 +72,20 @@ def test_codebook_file_is_byte_stable(tmp_path):
     got, meta = load_codebooks(tmp_path / "a.npz")
     np.testing.assert_array_equal(got, cb)
     assert meta == {"seed": 1, "sample_size": 100}
+
+
+def test_kmeans_gpu_setting():
+    """rvq.kmeans.gpu: false is the CPU, auto is every GPU FAISS sees, true without one is one sentence."""
+    from clapart_core.pipeline.errors import ParamsError
+    from clapart_core.tokens.rvq import import_faiss, kmeans_gpus
+
+    faiss = import_faiss()
+    visible = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    assert kmeans_gpus(False) == 0
+    assert kmeans_gpus("auto") == visible
+    if visible:  # a GPU machine with faiss-gpu: true uses them all
+        assert kmeans_gpus(True) == visible
+    else:
+        with pytest.raises(ParamsError, match=r"^rvq\.kmeans\.gpu is true but (the installed FAISS .* has no GPU support|FAISS sees no GPU)") as err:
+            kmeans_gpus(True)
+        assert "\n" not in str(err.value)

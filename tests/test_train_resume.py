@@ -276,6 +276,20 @@ def test_dvc_yaml_lists_every_train_key_that_changes_the_result() -> None:
     assert "/data/checkpoints" in (ROOT / ".gitignore").read_text().split()
 
 
+def test_dvclive_outputs_persist_so_a_resumed_stage_keeps_its_curves() -> None:
+    """DVC deletes a stage's outputs before running it unless they persist: without it, `dvc repro`
+    with train.resume continued the weights but lost every curve logged before the kill (the
+    library resumes the curves, test above, only if the files are still there). A fresh run clears
+    them itself (dvclive's Live(resume=False)), so persisting cannot keep stale rows."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "finetune"):
+        stage = stages[name].get("do", stages[name])
+        live = [o for o in stage["outs"] + stage.get("plots", []) if isinstance(o, dict) and next(iter(o)).startswith("dvclive/")]
+        assert len(live) == 2, name  # metrics.json and the plots folder
+        for out in live:
+            assert next(iter(out.values())) == {**next(iter(out.values())), "persist": True, "cache": False}, (name, out)
+
+
 def _stage_project(root: Path, **train: Any) -> dict:
     """A minimal project for `python -m stages.train`: manifest, BEATs-type tokens, params.yaml (demo, tiny model)."""
     import pyarrow as pa

@@ -33,6 +33,7 @@ from clapart_core.captioner.data import CaptionExample
 from clapart_core.captioner.frontend import load_frontend, local_spec
 from clapart_core.captioner.generate import caption_examples
 from clapart_core.captioner.model_dir import CODEBOOKS_FILE, ModelDirError, load_captioner, max_caption_length, read_config
+from clapart_core.captioner.rerank import ClipCandidates, RerankSettings, rerank_examples
 from clapart_core.corpus.audio import MIN_CLIP_SECONDS, AudioDecodeError, audio_info, load_audio, pad_to_min_length
 from clapart_core.corpus.decoded import PCM_SCALE
 from clapart_core.encoders.registry import TokenType, encoder_from_spec, token_type
@@ -134,6 +135,7 @@ class CaptionRecord:
         error: one sentence saying why this file (or window) has no caption.
         reason: the machine-friendly reason of an audio error (``empty``, ``unreadable``,
             ``non_finite``, …; see :class:`clapart_core.corpus.audio.AudioDecodeError`).
+        candidates: with reranking, every candidate and its scores (``caption`` is the chosen one).
     """
 
     file: str
@@ -143,6 +145,7 @@ class CaptionRecord:
     flags: list[str] = field(default_factory=list)
     error: str | None = None
     reason: str | None = None
+    candidates: ClipCandidates | None = None
 
 
 @dataclass
@@ -235,23 +238,40 @@ class CaptionPipeline:
         num_beams: int = 4,
         max_length: int = 50,
         batch_size: int = 8,
+        rerank: RerankSettings | None = None,
+        no_repeat_ngram_size: int = 3,
     ) -> Iterator[CaptionRecord]:
         """Caption files (any format soundfile reads, any rate, any channel count), one record per
         file — or per window of ``window`` seconds — in input order, as soon as each batch of
         ``batch_size`` is captioned. Audio errors become error records; the other files go on.
-        Peak memory is one stretch of audio plus a batch of codes, whatever the files' lengths."""
+        Peak memory is one stretch of audio plus a batch of codes, whatever the files' lengths.
+        ``rerank`` (mode not ``none``): candidates reranked as the score stage does
+        (:mod:`clapart_core.captioner.rerank`), each record keeping them."""
+        if rerank is not None and rerank.mode == "none":
+            rerank = None
+        if rerank is not None and rerank.uses_clap and self.clap is None:
+            raise ModelDirError(f"rerank {rerank.mode!r} needs a CLAP model, and this model directory has none (it was trained with model.use_clap false)")
         pending: list[tuple[CaptionRecord, CaptionExample | None]] = []
+
+        def caption(examples: list[CaptionExample]) -> list[tuple[str, ClipCandidates | None]]:
+            if rerank is None:
+                texts = caption_examples(self.model, self.tokenizer, examples, num_beams=num_beams, max_length=max_length,
+                                         no_repeat_ngram_size=no_repeat_ngram_size, batch_size=batch_size, progress=False)
+                return [(t, None) for t in texts]
+            clips = rerank_examples(
+                self.model, self.tokenizer, examples, rerank,
+                audio_embeddings=[ex.clap for ex in examples] if rerank.uses_clap else None,
+                embed_text=self.clap.embed_text if rerank.uses_clap else None,
+                num_beams=num_beams, no_repeat_ngram_size=no_repeat_ngram_size, max_length=max_length, progress=False,
+            )
+            return [(c.caption, c) for c in clips]
 
         def flush() -> Iterator[CaptionRecord]:
             examples = [ex for _, ex in pending if ex is not None]
-            captions = iter(
-                caption_examples(self.model, self.tokenizer, examples, num_beams=num_beams, max_length=max_length, batch_size=batch_size, progress=False)
-                if examples
-                else []
-            )
+            results = iter(caption(examples) if examples else [])
             for record, ex in pending:
                 if ex is not None:
-                    record.caption = next(captions)
+                    record.caption, record.candidates = next(results)
                 yield record
             pending.clear()
 

@@ -20,6 +20,11 @@ not arise: nothing is padded to equal shares, unlike accelerate's ``gather_for_m
 exists to drop such padding) and the loss and the captions are the 1-process ones. Rank 0 scores
 them and sends the metrics to every rank, so all ranks select the same epochs.
 
+Validation keeps the paper's plain beam search whatever ``generate.rerank`` says: reranking
+(:mod:`clapart_core.captioner.rerank`) is a decoding choice the score stage applies to the model
+that validation selected, so the epoch choice (and ``data/model``) does not change with it, and
+the train stage does not depend on the rerank keys.
+
 Determinism: beam search draws no random numbers and runs in eval mode; it also runs inside
 ``torch.random.fork_rng``, so that nothing it calls can move the global RNG that dropout draws
 from: a run that validates by captions trains bitwise as one that does not.

@@ -43,7 +43,7 @@ import csv
 import json
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -324,9 +324,9 @@ def _sequence_slots(n: int, t0: float, t1: float, rng: np.random.Generator) -> l
     return slots
 
 
-def _scene(clip_seconds: float, rng: np.random.Generator) -> tuple[str, tuple[DemoEvent, ...]]:
-    """Draw a layout and its events (foreground in time order, then background)."""
-    layout = str(rng.choice(LAYOUTS, p=_LAYOUT_P))
+def _scene(clip_seconds: float, rng: np.random.Generator, layout_p: np.ndarray = _LAYOUT_P) -> tuple[str, tuple[DemoEvent, ...]]:
+    """Draw a layout (probabilities ``layout_p`` over :data:`LAYOUTS`) and its events (foreground in time order, then background)."""
+    layout = str(rng.choice(LAYOUTS, p=layout_p))
     t0, t1 = _EDGE_S, clip_seconds - _EDGE_S
     n_fg = {"single": 1, "sequence": 2, "overlap": 1, "sequence3": 3, "sequence_over": 2}[layout]
     has_bg = layout in ("overlap", "sequence_over")
@@ -377,7 +377,9 @@ def _assign_splits(layouts: list[str], splits: tuple[float, float, float], seed:
     return out
 
 
-def draw_scene(index: int, clip_seconds: float, seed: int) -> tuple[str, tuple[DemoEvent, ...], tuple[str, ...]]:
+def draw_scene(
+    index: int, clip_seconds: float, seed: int, layout_p: np.ndarray = _LAYOUT_P
+) -> tuple[str, tuple[DemoEvent, ...], tuple[str, ...]]:
     """Layout, events and five captions of clip ``index`` in a clip of ``clip_seconds`` seconds.
 
     What :func:`demo_scenes` draws per clip, for callers that choose each clip's duration and
@@ -387,8 +389,21 @@ def draw_scene(index: int, clip_seconds: float, seed: int) -> tuple[str, tuple[D
     if clip_seconds < 3.0:
         raise ValueError(f"clip_seconds must be >= 3.0 to fit three events, got {clip_seconds}")
     scene_ss, _synth_ss, caption_ss = np.random.SeedSequence(seed, spawn_key=(0, index)).spawn(3)
-    layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss))
+    layout, events = _scene(clip_seconds, np.random.default_rng(scene_ss), layout_p)
     return layout, events, _captions(layout, events, np.random.default_rng(caption_ss))
+
+
+def _layout_probabilities(weights: dict[str, float] | None) -> np.ndarray:
+    """``{layout: weight}`` -> probabilities over :data:`LAYOUTS` (None: the default mix)."""
+    if weights is None:
+        return _LAYOUT_P
+    unknown = sorted(set(weights) - set(LAYOUTS))
+    if unknown:
+        raise ValueError(f"unknown layout {unknown[0]!r}; choose among {', '.join(LAYOUTS)}")
+    w = np.array([float(weights.get(name, 0.0)) for name in LAYOUTS])
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"layout weights must be >= 0 with a positive sum, got {weights}")
+    return w / w.sum()
 
 
 def demo_scenes(
@@ -396,8 +411,13 @@ def demo_scenes(
     clip_seconds: float = 4.0,
     seed: int = 1115,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    layout_weights: dict[str, float] | None = None,
 ) -> list[DemoClip]:
     """The scene descriptions (no audio) that :func:`generate_demo_corpus` renders.
+
+    ``layout_weights`` (layout name -> relative weight, the others 0; None = the default mix)
+    draws another mix of scenes: e.g. only ``sequence3`` and ``sequence_over`` for a corpus of
+    busier clips (a second corpus for the codebooks, params ``codebook_corpus``).
 
     Returns:
         ``n_clips`` :class:`DemoClip` in index order, each with its split, events and captions.
@@ -410,7 +430,8 @@ def demo_scenes(
         raise ValueError(f"splits must be three positive fractions summing to 1, got {splits}")
     if n_clips * min(splits) < 1:
         raise ValueError(f"n_clips={n_clips} is too few to give every split a clip with {splits}")
-    drafts = [draw_scene(i, clip_seconds, seed) for i in range(n_clips)]
+    layout_p = _layout_probabilities(layout_weights)
+    drafts = [draw_scene(i, clip_seconds, seed, layout_p) for i in range(n_clips)]
     split_of = _assign_splits([d[0] for d in drafts], tuple(splits), seed)
     return [
         DemoClip(index=i, name=f"demo_{i:05d}", split=split_of[i], layout=layout,
@@ -586,25 +607,30 @@ def synthesize_clip(clip: DemoClip, clip_seconds: float, sample_rate: int, seed:
     return mix
 
 
-def _to_pcm16(x: np.ndarray) -> np.ndarray:
+def to_pcm16(x: np.ndarray) -> np.ndarray:
     """Quantise [-1, 1] float to int16 ourselves (round-half-even), independent of libsndfile."""
     return np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def _prepare_root(root: Path) -> None:
-    """Make ``root`` ready for a fresh corpus, deleting only what an earlier demo run wrote."""
+def prepare_generated_root(root: Path, marker: str, maker: str, generated: Sequence[str]) -> None:
+    """Make ``root`` ready for a fresh generated corpus, deleting only ``generated`` (files or
+    folders under ``root``) and only if ``marker`` says an earlier run of ``maker`` wrote them.
+
+    Raises:
+        FileExistsError: ``root`` is a non-empty folder without the marker (someone else's data).
+    """
     if root.exists() and any(root.iterdir()):
-        if not (root / DEMO_MARKER).exists():
-            raise FileExistsError(
-                f"{root}: refusing to write the demo corpus into a non-empty folder that was not "
-                f"made by generate_demo_corpus (no {DEMO_MARKER} marker)"
-            )
-        shutil.rmtree(root / "audio", ignore_errors=True)
-        for name in [f"{s}.csv" for s in SPLITS] + ["scenes.json"]:
-            (root / name).unlink(missing_ok=True)
+        if not (root / marker).exists():
+            raise FileExistsError(f"{root}: refusing to write a generated corpus into a non-empty folder that was not made by {maker} (no {marker} marker)")
+        for name in generated:
+            path = root / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     # Written first: a crash mid-generation still leaves the folder recognisably ours.
-    (root / DEMO_MARKER).write_text("generated by clapart_core.corpus.demo\n", encoding="utf-8")
+    (root / marker).write_text(f"generated by {maker}\n", encoding="utf-8")
 
 
 def generate_demo_corpus(
@@ -614,6 +640,7 @@ def generate_demo_corpus(
     sample_rate: int = 16000,
     seed: int = 1115,
     splits: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    layout_weights: dict[str, float] | None = None,
 ) -> None:
     """Write the demo corpus in the ``folder`` layout under ``root`` (deterministic per seed).
 
@@ -625,13 +652,13 @@ def generate_demo_corpus(
     import soundfile as sf  # local: keeps scene-only use (demo_scenes) free of libsndfile
 
     root = Path(root)
-    clips = demo_scenes(n_clips, clip_seconds, seed, tuple(splits))
-    _prepare_root(root)
+    clips = demo_scenes(n_clips, clip_seconds, seed, tuple(splits), layout_weights)
+    prepare_generated_root(root, DEMO_MARKER, "generate_demo_corpus", ["audio", *(f"{s}.csv" for s in SPLITS), "scenes.json"])
     for split in SPLITS:
         (root / "audio" / split).mkdir(parents=True, exist_ok=True)
     for clip in clips:
         wave = synthesize_clip(clip, clip_seconds, sample_rate, seed)
-        sf.write(str(root / clip.file_name), _to_pcm16(wave), sample_rate, subtype="PCM_16", format="WAV")
+        sf.write(str(root / clip.file_name), to_pcm16(wave), sample_rate, subtype="PCM_16", format="WAV")
     for split in SPLITS:
         with open(root / f"{split}.csv", "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")

@@ -23,7 +23,8 @@ from typing import Any
 from clapart_core.encoders.registry import CLAP_SAMPLE_RATE, TokenType, token_type
 from clapart_core.pipeline.atomic import write_files
 from clapart_core.pipeline.errors import UserError
-from clapart_core.pipeline.params import CONFIG_DIR, phase_params
+from clapart_core.pipeline.params import CONFIG_DIR, codebook_corpus_params, phase_params
+from clapart_core.pipeline.resume import file_digest
 from clapart_core.pipeline.schema import validate_params
 
 
@@ -39,12 +40,27 @@ def resolve(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     features = kind.features_config(params)
     if kind.codebooks:
         r = params["rvq"]
-        codebooks = {"fit": True, "max_layers": r["max_layers"], "codebook_size": r["codebook_size"], "kmeans": r["kmeans"]}
+        codebooks = {
+            "fit": True, "max_layers": r["max_layers"], "codebook_size": r["codebook_size"], "kmeans": r["kmeans"],
+            "codebooks_file": _codebooks_file(r["codebooks_file"]), "corpus": _codebook_corpus(params["codebook_corpus"]),
+        }
         tokenize = {"type": kind.name, "layers": r["layers"]}
     else:
         codebooks = {"fit": False, "reason": f"encoder.type={kind.name} produces its own discrete codes; rvq.* does not apply"}
         tokenize = {"type": kind.name}
     return {"decode": decode, "features": features, "codebooks": codebooks, "tokenize": tokenize}
+
+
+def _codebooks_file(path: str | None) -> dict[str, str] | None:
+    """``rvq.codebooks_file`` with its content's sha256: a file replaced under the same name
+    changes ``codebooks.json``, so the codebooks stage reruns (DVC cannot list it as a dep)."""
+    return None if path is None else {"path": path, "sha256": file_digest(path)}
+
+
+def _codebook_corpus(section: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``codebooks`` is told of the codebook corpus (None: fit on the training split); the
+    cb_* stages read the rest of the section themselves."""
+    return None if section["source"] is None else {"source": section["source"], "root": section["root"]}
 
 
 def write_configs(params: dict[str, Any], out_dir: Path = CONFIG_DIR) -> None:
@@ -152,6 +168,7 @@ def preflight(params: dict[str, Any]) -> list[str]:
             notes.append(f"{key} = {name!r} is not cached: it will be downloaded")
     _check_positions(params["model"])
     _check_corpus_root(params["data"], "params.yaml: data")
+    _check_codebook_source(params, kind)
     for phase in params.get("finetune") or {}:
         _check_corpus_root(phase_params(params, phase)["data"], f"params.yaml: finetune.{phase}.data")
     return notes
@@ -179,6 +196,28 @@ def _check_corpus_root(data: dict[str, Any], where: str) -> None:
     if data["source"] != "demo" and not data["download"] and not Path(data["root"]).is_dir():
         hint = f" (or set download: true to fetch {data['source']})" if data["source"] in ("clotho", "audiocaps") else ""
         raise PreflightError(f"{where}.root = {data['root']!r} is not a folder{hint}")
+
+
+def _check_codebook_source(params: dict[str, Any], kind: TokenType) -> None:
+    """``codebook_corpus`` and ``rvq.codebooks_file``: one source of codebooks at most, only for
+    token types that have codebooks, naming what exists."""
+    corpus, file = params["codebook_corpus"], params["rvq"]["codebooks_file"]
+    if corpus["source"] is None and file is None:
+        return
+    what = "codebook_corpus.source" if corpus["source"] is not None else "rvq.codebooks_file"
+    if not kind.codebooks:
+        raise PreflightError(f"params.yaml: {what} is set but encoder.type = {kind.name} produces its own codes and fits no codebooks; set it to null")
+    if corpus["source"] is not None and file is not None:
+        raise PreflightError("params.yaml: codebook_corpus.source and rvq.codebooks_file are both set; codebooks come from one, set the other to null")
+    if file is not None and not Path(file).is_file():
+        raise PreflightError(f"params.yaml: rvq.codebooks_file = {file!r} does not exist")
+    if corpus["source"] is not None:
+        if Path(corpus["root"]).resolve() == Path(params["data"]["root"]).resolve():
+            raise PreflightError(
+                f"params.yaml: codebook_corpus.root = {corpus['root']!r} is data.root; leave codebook_corpus.source null to fit on the training split"
+            )
+        data = (codebook_corpus_params(params) or params)["data"]
+        _check_corpus_root(data, "params.yaml: codebook_corpus")
 
 
 def _check_token_settings(params: dict[str, Any], kind: TokenType) -> None:

@@ -28,6 +28,13 @@ SPLITS: tuple[str, str, str] = ("train", "val", "test")
 #: model being fine-tuned, so nothing else can change.
 FINETUNE_SECTIONS = ("data", "train")
 
+#: where the codebook-corpus chain (params ``codebook_corpus``: the cb_* stages of dvc.yaml) keeps
+#: its corpus, audio and features, and the file each of its outputs holds when no such corpus is
+#: set (``codebook_corpus.source: null``): the chain then does nothing and ``codebooks`` fits on
+#: the training split
+CODEBOOK_CORPUS_DIR = Path("data/codebook_corpus")
+UNUSED_MARKER = "unused.txt"
+
 #: the values of ``data.source``: the synthetic demo, a folder of CSVs, Clotho or AudioCaps (the
 #: readers are in clapart_core/corpus/sources.py); here, with the dataset versions those readers
 #: know, so that the params schema (clapart_core/pipeline/schema.py) names them without the corpus code
@@ -95,13 +102,19 @@ class Workspace:
     """
 
     phase: str | None = None
+    #: the codebook corpus (params ``codebook_corpus``): only corpus, audio and features are used
+    codebook_corpus: bool = False
 
     @property
     def root(self) -> Path:
+        if self.codebook_corpus:
+            return CODEBOOK_CORPUS_DIR
         return Path("data") if self.phase is None else Path("data/finetune") / self.phase
 
     @property
     def metrics(self) -> Path:
+        if self.codebook_corpus:
+            return Path("metrics/codebook_corpus")
         return Path("metrics") if self.phase is None else Path("metrics/finetune") / self.phase
 
     @property
@@ -193,13 +206,43 @@ def phase_params(params: dict[str, Any], phase: str | None) -> dict[str, Any]:
     return merge_params(params, overlay)
 
 
+def codebook_corpus_params(params: dict[str, Any]) -> dict[str, Any] | None:
+    """The params the codebook-corpus chain runs with: ``data`` overlaid by ``codebook_corpus``
+    (its ``source`` and ``root``, and any other ``data.*`` key it names); None when
+    ``codebook_corpus.source`` is null (the codebooks are fitted on the training split)."""
+    overlay = params.get("codebook_corpus") or {}
+    if overlay.get("source") is None:
+        return None
+    return {**params, "data": merge_params(params["data"], overlay)}
+
+
+def codebook_corpus_unused(upstream: Path) -> bool:
+    """True if the codebook-corpus stage before this one found no codebook corpus set (it left
+    :data:`UNUSED_MARKER` in its output ``upstream``)."""
+    return (upstream / UNUSED_MARKER).is_file()
+
+
+def mark_unused(out: Path) -> None:
+    """Make ``out`` (a codebook-corpus stage's output folder) hold only :data:`UNUSED_MARKER`.
+
+    Cheap and deterministic (same bytes every time), so with ``codebook_corpus.source: null`` the
+    cb_* stages cost nothing and never make the codebooks stage rerun."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    (out / UNUSED_MARKER).write_text("codebook_corpus.source is null: the codebooks are fitted on the training split\n")
+
+
 def run_stage(name: str, main: Callable[[dict[str, Any], Workspace], None], path: Path | str = "params.yaml", argv: list[str] | None = None) -> None:
     """Run a DVC stage: the common start and end of every ``stages/*.py``.
 
     Logs to stderr with timestamps, reads the params and calls ``main(params, workspace)``.
     ``--phase NAME`` on the command line (the ``ft_*`` stages of dvc.yaml) selects a fine-tuning
     phase: the params come overlaid by ``finetune.NAME`` and the paths are that phase's (see
-    [`Workspace`]). A user error (bad params, a bad corpus, a missing file, a full or read-only
+    [`Workspace`]); ``--codebook-corpus`` (the ``cb_*`` stages) the codebook corpus: its paths,
+    and ``data`` overlaid by ``codebook_corpus`` (:func:`codebook_corpus_params`). A user error (bad params, a bad corpus, a missing file, a full or read-only
     disk: :mod:`clapart_core.pipeline.errors`) ends the stage with one line, ``error: <what>
     (stage NAME)``, and exit code 2; ``--debug`` or ``CLAPART_DEBUG=1`` shows its traceback.
     """
@@ -208,10 +251,14 @@ def run_stage(name: str, main: Callable[[dict[str, Any], Workspace], None], path
 
     parser = argparse.ArgumentParser(prog=f"python -m stages.{name}")
     parser.add_argument("--phase", default=None, help="a finetune.NAME entry of params.yaml")
+    parser.add_argument("--codebook-corpus", action="store_true", help="the codebook corpus (params codebook_corpus), not the training corpus")
     parser.add_argument("--debug", action="store_true", help=f"show the traceback of a user error (or set {DEBUG_ENV}=1)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     label = name if args.phase is None else f"{name}@{args.phase}"
+    label = f"{label}@codebook_corpus" if args.codebook_corpus else label
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label} %(name)s: %(message)s", datefmt="%H:%M:%S")
     with user_errors(f"stage {label}", debug=args.debug or debug_requested([])):
         params = phase_params(load_params(path), args.phase)
-        main(params, Workspace(args.phase))
+        if args.codebook_corpus:
+            params = codebook_corpus_params(params) or params
+        main(params, Workspace(args.phase, codebook_corpus=args.codebook_corpus))

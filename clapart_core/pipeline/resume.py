@@ -24,10 +24,18 @@ before rerunning it).
 
 Groups are made of whole batches, so a resumed run batches every clip exactly as an uninterrupted
 one does (batch composition can move float outputs by rounding).
+
+Several processes (:func:`run_sharded`): the groups are also the unit of work of a sharded run.
+Rank ``r`` of ``N`` computes the groups ``g`` with ``g % N == r`` into the same work directory,
+then the parent writes the artifact from all groups exactly as one process does. Every clip is
+batched as in a one-process run, so the artifact is the same file whatever ``N`` is, wherever the
+per-batch computation does not depend on the process's thread count or which GPU of a kind it
+ran on (tests/test_sharded_extraction.py checks byte identity on the CPU).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +43,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +61,33 @@ SHARD_SAMPLES = 2**23
 
 Batch = Sequence[int]
 Items = Iterable[tuple[str, np.ndarray]]
+
+
+class ShardDone(Exception):
+    """Raised by :class:`ShardedRun` in a preparing or worker process (:func:`run_sharded`) once its
+    part is done: it writes no artifact, so the ``with`` block that would is skipped."""
+
+
+@dataclass(frozen=True)
+class _Role:
+    """What this process does in a sharded run: ``rank`` -1 prepares the work directories (the
+    parent, before the workers start); ``0 <= rank < world`` computes that shard of the groups."""
+
+    rank: int
+    world: int
+
+
+_role: _Role | None = None  # None: an ordinary run (compute what is missing, write the artifact)
+
+
+@contextlib.contextmanager
+def _as_role(role: _Role) -> Iterator[None]:
+    global _role
+    _role = role
+    try:
+        yield
+    finally:
+        _role = None
 
 
 def shard_clips() -> int:
@@ -128,11 +164,18 @@ class ShardedRun:
         self.desc = desc
         self._expected = [[clip_ids[i] for batch in group for i in batch] for group in groups]
         plan = hashlib.sha256("\n\n".join("\n".join(ids) for ids in self._expected).encode()).hexdigest()
+        if "device" in key:  # the kind of device, not its index: rank r of a sharded run computes on cuda:r
+            key = {**key, "device": str(key["device"]).split(":")[0]}
         self.key = json.dumps({**key, "format": FORMAT, "groups": plan}, sort_keys=True, indent=1, default=str) + "\n"
         self.reused = 0
 
     def __enter__(self) -> Iterator[tuple[str, np.ndarray]]:
         key_file = self.work_dir / "key.json"
+        if _role is not None and _role.rank >= 0:  # a worker: the parent prepared the directory
+            if not key_file.is_file() or key_file.read_text() != self.key:
+                raise RuntimeError(f"{self.desc}: {key_file} is not the key this worker computes (settings differ between the processes)")
+            self._compute_shard(_role.rank, _role.world)
+            raise ShardDone
         if self.work_dir.exists() and (not key_file.is_file() or key_file.read_text() != self.key):
             log.info("%s: discarding %s (computed from other inputs or settings)", self.desc, self.work_dir)
             shutil.rmtree(self.work_dir)
@@ -144,7 +187,29 @@ class ShardedRun:
             clips = sum(len(self._expected[g]) for g in done)
             total = sum(len(ids) for ids in self._expected)
             log.info("%s: resuming with %d of %d clips done (%d of %d groups in %s)", self.desc, clips, total, len(done), len(self.groups), self.work_dir)
+        if _role is not None:  # preparing: the workers compute, a later ordinary pass writes the artifact
+            raise ShardDone
         return self._items()
+
+    def _compute_shard(self, rank: int, world: int) -> None:
+        """Compute and save the missing groups ``g`` with ``g % world == rank``."""
+        mine = list(range(rank, len(self.groups), world))
+        bar = tqdm(total=sum(len(self._expected[g]) for g in mine), desc=f"{self.desc} [{rank + 1}/{world}]", unit="clip", position=rank)
+        computed = 0
+        for g in mine:
+            if self._load(g) is None:
+                self._save(g, self._computed(g))
+                computed += 1
+            bar.update(len(self._expected[g]))
+        bar.close()
+        log.info("%s: rank %d of %d computed %d of its %d groups (the others were finished)", self.desc, rank, world, computed, len(mine))
+
+    def _computed(self, g: int) -> list[tuple[str, np.ndarray]]:
+        items = list(self.compute(self.groups[g]))
+        got = [cid for cid, _ in items]
+        if got != self._expected[g]:
+            raise RuntimeError(f"{self.desc}: group {g} produced clips {got[:3]}..., expected {self._expected[g][:3]}...")
+        return items
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         if exc_type is None and not self.keep:
@@ -156,13 +221,10 @@ class ShardedRun:
     def _items(self) -> Iterator[tuple[str, np.ndarray]]:
         total = sum(len(ids) for ids in self._expected)
         bar = tqdm(total=total, desc=self.desc, unit="clip")
-        for g, group in enumerate(self.groups):
+        for g in range(len(self.groups)):
             items = self._load(g)
             if items is None:
-                items = list(self.compute(group))
-                got = [cid for cid, _ in items]
-                if got != self._expected[g]:
-                    raise RuntimeError(f"{self.desc}: group {g} produced clips {got[:3]}..., expected {self._expected[g][:3]}...")
+                items = self._computed(g)
                 self._save(g, items)
             else:
                 self.reused += len(items)
@@ -201,3 +263,81 @@ def discard(work_dir: Path | str) -> None:
     if Path(work_dir).exists():
         log.info("removing the finished shards in %s", work_dir)
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+#: ``work(device)`` builds what a stage runs (an encoder, ...) on ``device`` and returns one step per
+#: artifact: each step writes its artifact through a :class:`ShardedRun` (with ``keep=True``).
+Work = Callable[[str], Sequence[Callable[[], Any]]]
+
+
+def rank_device(device: str, rank: int) -> str:
+    """The device of rank ``rank``: ``cuda:{rank % GPUs}`` for a CUDA device (one process per
+    visible GPU), the same device otherwise (CPU processes)."""
+    if not device.startswith("cuda"):
+        return device
+    import torch
+
+    return f"cuda:{rank % max(1, torch.cuda.device_count())}"
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (a killed stage leaves no orphan
+    computing on; its shards stay for the rerun). Elsewhere a no-op."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
+def _worker(work: Work, device: str, rank: int, world: int, threads: int) -> None:
+    """One rank of :func:`run_sharded` (runs in a spawned process)."""
+    import torch
+
+    _die_with_parent()
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s rank {rank}: %(message)s")
+    steps = work(rank_device(device, rank))
+    with _as_role(_Role(rank, world)):
+        for step in steps:
+            with contextlib.suppress(ShardDone):
+                step()
+
+
+def run_sharded(work: Work, num_processes: int, device: str) -> None:
+    """Run a stage's extraction steps on ``num_processes`` processes; the artifacts are those of one.
+
+    With one process: ``work(device)``'s steps, in order. With ``N > 1``: this process runs every
+    step up to its :class:`ShardedRun`, which discards work directories computed from other inputs
+    and writes their keys; then ``N`` spawned processes (each with ``1/N`` of this one's CPU threads,
+    and ``cuda:r`` where ``device`` is a CUDA device) each compute their shard of every step's
+    groups into the work directories; then this process runs every step again, which finds every
+    group computed and writes the artifacts from them in order. A killed run resumes from the
+    shards any rank finished, with any process count (the groups do not depend on ``N``).
+
+    ``work`` must be picklable (a module-level function, or a ``functools.partial`` of one).
+    """
+    steps = work(device)
+    if num_processes > 1:
+        import torch
+        import torch.multiprocessing as mp
+
+        with _as_role(_Role(-1, num_processes)):
+            for step in steps:
+                with contextlib.suppress(ShardDone):
+                    step()
+        threads = max(1, torch.get_num_threads() // num_processes)
+        ctx = mp.get_context("spawn")  # fork would copy torch's thread pools and any CUDA state
+        procs = [ctx.Process(target=_worker, args=(work, device, rank, num_processes, threads)) for rank in range(num_processes)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        failed = [rank for rank, proc in enumerate(procs) if proc.exitcode != 0]
+        if failed:
+            codes = ", ".join(f"rank {r} exit code {procs[r].exitcode}" for r in failed)
+            raise RuntimeError(f"{len(failed)} of {num_processes} extraction processes failed ({codes}); rerun to resume from the shards they finished")
+    for step in steps:
+        step()

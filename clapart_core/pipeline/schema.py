@@ -177,6 +177,13 @@ class KMeans(Section):
     niter: PositiveInt
     max_samples: PositiveInt
     seed: Seed
+    gpu: Literal["auto"] | bool  # auto: FAISS GPU k-means when faiss-gpu is installed and a GPU is visible
+
+
+class Extract(Section):
+    """How many processes the extraction stages (features, clap, tokenize) share the clips among."""
+
+    num_processes: PositiveInt
 
 
 class Rvq(Section):
@@ -184,6 +191,7 @@ class Rvq(Section):
     codebook_size: Annotated[int, Field(ge=2, le=MAX_CODEBOOK_SIZE), AfterValidator(_power_of_two)]
     layers: PositiveInt
     kmeans: KMeans
+    codebooks_file: Annotated[str, Field(min_length=1)] | None  # an rvq.npz fitted elsewhere; null = fit here
 
     @model_validator(mode="after")
     def _fits(self) -> Rvq:
@@ -256,6 +264,19 @@ class Generate(Section):
     max_length: int = Field(ge=4)
     no_repeat_ngram_size: Count
     batch_size: PositiveInt
+    # reranking (the score stage only; validation keeps plain beam search): clapart_core/captioner/rerank.py
+    rerank: Literal["none", "clap", "hybrid"]
+    candidates: PositiveInt  # candidate captions per clip
+    sampling: Literal["beam", "nucleus"]
+    temperature: float = Field(gt=0.0)
+    top_p: float = Field(gt=0.0, le=1.0)
+    rerank_weight: float = Field(ge=0.0, le=1.0)  # hybrid: w * log-likelihood + (1 - w) * CLAP cosine
+
+    @model_validator(mode="after")
+    def _candidates(self) -> Generate:
+        if self.rerank != "none" and self.candidates < 2:
+            raise _cross("candidates", self.candidates, f"must be at least 2 to rerank (generate.rerank = {self.rerank})")
+        return self
 
 
 class FinetunePhase(Section):
@@ -263,6 +284,27 @@ class FinetunePhase(Section):
 
     data: dict[str, Any]
     train: dict[str, Any]
+
+
+class CodebookCorpus(Section):
+    """``codebook_corpus``: the corpus the codebooks are fitted on (null source: the training split).
+
+    Shaped like a ``finetune`` entry's ``data``: ``source`` and ``root``, plus any other ``data``
+    key to override; the overlaid ``data`` is validated whole by :func:`validate_params`.
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    source: Literal[DATA_SOURCES] | None
+    root: Annotated[str, Field(min_length=1)] | None
+
+    @model_validator(mode="after")
+    def _root_given(self) -> CodebookCorpus:
+        if self.source is not None and self.root is None:
+            raise _cross("root", None, f"must name the corpus folder when codebook_corpus.source = {self.source!r}")
+        bad = sorted(set(self.model_extra or {}) - set(Data.model_fields))
+        if bad:
+            raise _cross(bad[0], (self.model_extra or {})[bad[0]], f"is not a data key (codebook_corpus overrides data: {', '.join(Data.model_fields)})")
+        return self
 
 
 class Params(Section):
@@ -278,7 +320,9 @@ class Params(Section):
     hubert: Hubert
     speechtokenizer: SpeechTokenizer
     clap: Clap
+    extract: Extract
     rvq: Rvq
+    codebook_corpus: CodebookCorpus
     model: Model
     train: Train
     finetune: dict[str, FinetunePhase]
@@ -387,6 +431,11 @@ def validate_params(params: Any, where: str = "params.yaml") -> Params:
         checked = Params.model_validate(params)
     except ValidationError as err:
         raise ParamsError(_message(err, where)) from None
+    if params["codebook_corpus"]["source"] is not None:
+        try:
+            Data.model_validate(merge_params(params["data"], params["codebook_corpus"]))
+        except ValidationError as err:
+            raise ParamsError(_message(err, where, ("codebook_corpus",))) from None
     for phase, entry in params["finetune"].items():
         try:
             merged = merge_params(params, entry)

@@ -3,7 +3,7 @@
 Input is ``dvc exp show --json`` (every commit and experiment with its params and metrics);
 output is one row per run and training phase — the main run (``metrics/scores.json``) and each
 fine-tuning phase (``metrics/finetune/NAME/scores.json``, e.g. the paper's Clotho fine-tune) —
-with token type, RVQ layers and codebook size, CLAP on/off and the scores, followed by one row per other epoch
+with token type, RVQ layers and codebook size, CLAP on/off, the caption reranking (``generate.rerank``) and the scores, followed by one row per other epoch
 ``train.keep_best`` kept (from ``scores_epochs.json`` beside the scores: column ``epoch``, and
 ``selected`` False), as Markdown
 or CSV, and an SVG line plot of SPIDEr (CIDEr-D where SPICE is unavailable) against
@@ -26,7 +26,8 @@ from clapart_core.encoders.registry import TOKEN_TYPES
 from clapart_core.scoring.metrics import epochs_path, notes_path
 
 COLUMNS = (
-    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "model.use_clap",
+    "run", "phase", "epoch", "selected", "encoder.type", "rvq.layers", "rvq.codebook_size", "codebook_corpus", "rvq_error", "model.use_clap",
+    "rerank",
     "spider", "cider_d", "spice", "meteor", "bleu_4", "rouge_l", "baseline_cider_d", "n_clips",
 )
 #: the score columns, read from a scores file (or a kept epoch's ``test`` entry)
@@ -40,6 +41,15 @@ def uses_codebooks(encoder_type: Any) -> bool:
     (a type this version does not know, e.g. from an old experiment, counts as not)."""
     kind = TOKEN_TYPES.get(encoder_type) if isinstance(encoder_type, str) else None
     return bool(kind and kind.codebooks)
+
+
+def rerank_label(generate: Any) -> str:
+    """The ``rerank`` column: ``none`` (the paper's beam search; also runs from before the key), or
+    e.g. ``hybrid 0.3, 50 nucleus`` (mode, the hybrid weight, candidates and how they were drawn)."""
+    if not isinstance(generate, dict) or generate.get("rerank", "none") == "none":
+        return "none"
+    weight = f" {generate.get('rerank_weight')}," if generate["rerank"] == "hybrid" else ""
+    return f"{generate['rerank']}{weight} {generate.get('candidates')} {generate.get('sampling')}"
 
 
 def _phase(metrics_file: str) -> str | None:
@@ -89,6 +99,22 @@ def read_notes(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str,
     return _side_file(rev, notes_path(Path(scores_file)).as_posix(), cwd)
 
 
+def read_rvq(rev: str, _scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
+    """``metrics/rvq.json`` (the codebooks' source and their error on the training split) as run
+    ``rev`` left it, as :func:`read_notes`; the fine-tunes share the main run's codebooks."""
+    return _side_file(rev, "metrics/rvq.json", cwd)
+
+
+def codebook_corpus(params: dict[str, Any]) -> str:
+    """Where a run's codebooks come from, for the ``codebook_corpus`` column: ``train split``
+    (fitted on the training split, as the paper; also runs from before the choice existed),
+    ``SOURCE:ROOT`` (params ``codebook_corpus``) or ``file:PATH`` (``rvq.codebooks_file``)."""
+    file, source = _get(params, "rvq.codebooks_file"), _get(params, "codebook_corpus.source")
+    if file:
+        return f"file:{file}"
+    return f"{source}:{_get(params, 'codebook_corpus.root')}" if source else "train split"
+
+
 def read_epochs(rev: str, scores_file: str, cwd: Path | None = None) -> dict[str, Any]:
     """The ``*_epochs.json`` beside ``scores_file`` (selected and kept epochs, see
     ``clapart_core.scoring.metrics.write_epoch_scores``) as run ``rev`` left it, as :func:`read_notes`."""
@@ -103,12 +129,15 @@ def _side_file(rev: str, path: str, cwd: Path | None) -> dict[str, Any]:
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
-def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes, epochs: NotesReader = read_epochs) -> list[dict[str, Any]]:
+def collect_rows(
+    exp_show: list[dict[str, Any]], notes: NotesReader = read_notes, epochs: NotesReader = read_epochs, rvq_report: NotesReader = read_rvq
+) -> list[dict[str, Any]]:
     """One row per run and phase that has scores (its selected epoch), then one per other kept
     epoch of it; duplicates of the same run (workspace = HEAD) are kept once.
 
-    ``notes(rev, scores_file)`` and ``epochs(rev, scores_file)`` give the side files of a run's
-    scores (see :func:`read_notes`, :func:`read_epochs`).
+    ``notes(rev, scores_file)``, ``epochs(rev, scores_file)`` and ``rvq_report(rev, scores_file)``
+    give the side files of a run's scores (see :func:`read_notes`, :func:`read_epochs`,
+    :func:`read_rvq`): ``rvq_error`` is the codebooks' relative error on the training split's frames.
     """
     rows, seen = [], set()
     for run in _runs(exp_show):
@@ -132,7 +161,10 @@ def collect_rows(exp_show: list[dict[str, Any]], notes: NotesReader = read_notes
                 "encoder.type": _get(params, "encoder.type"),
                 "rvq.layers": _get(params, "rvq.layers") if rvq else None,
                 "rvq.codebook_size": _get(params, "rvq.codebook_size") if rvq else None,
+                "codebook_corpus": codebook_corpus(params) if rvq else None,
+                "rvq_error": rvq_report(rev, metrics_file).get("relative_error") if rvq else None,
                 "model.use_clap": _get(params, "model.use_clap"),
+                "rerank": rerank_label(params.get("generate")),
                 **{k: scores.get(k) for k in SCORE_COLUMNS},
                 **{k: notes(rev, metrics_file).get(k) for k in NOTE_COLUMNS},
             }
@@ -186,14 +218,18 @@ def plot_metric(rows: Sequence[dict[str, Any]]) -> str:
 
 def _line_labels(rows: Sequence[dict[str, Any]]) -> list[str]:
     """One label per row naming its line: the CLAP setting, plus the token type and the codebook
-    size where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K, with/without CLAP)."""
+    size and the reranking where the plotted runs differ in them (the paper's plot: BEATs-RVQ, one K,
+    with/without CLAP, no reranking)."""
     vary_type = len({r["encoder.type"] for r in rows}) > 1
     vary_size = len({r["rvq.codebook_size"] for r in rows}) > 1
+    vary_rerank = len({r.get("rerank", "none") for r in rows}) > 1
     labels = []
     for r in rows:
         parts = [str(r["encoder.type"])] if vary_type else []
         parts += [f"K={r['rvq.codebook_size']}"] if vary_size else []
-        labels.append(", ".join([*parts, "with CLAP" if r["model.use_clap"] else "without CLAP"]))
+        parts += ["with CLAP" if r["model.use_clap"] else "without CLAP"]
+        parts += [f"rerank {r.get('rerank', 'none')}"] if vary_rerank else []
+        labels.append(", ".join(parts))
     return labels
 
 

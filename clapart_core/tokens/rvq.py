@@ -31,6 +31,7 @@ import torch
 
 from clapart_core.pipeline.atomic import atomic_path
 from clapart_core.pipeline.errors import ParamsError
+from clapart_core.pipeline.storage import RaggedReader
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,13 @@ class KMeansConfig:
     """FAISS k-means settings for one codebook layer.
 
     ``niter`` Lloyd iterations; ``seed`` is offset by the layer index so that layer ``l``'s fit
-    is the same whatever the total number of layers.
+    is the same whatever the total number of layers. ``gpu``: FAISS's ``Kmeans(gpu=...)``: False
+    or 0 on the CPU, True for all visible GPUs, ``n`` for the first ``n`` (:func:`kmeans_gpus`).
     """
 
     niter: int = 20
     seed: int = 1115
-    gpu: bool = False
+    gpu: bool | int = False
 
 
 def _openblas_coretype() -> str | None:
@@ -87,6 +89,23 @@ def import_faiss() -> Any:
     import faiss  # imported lazily: only the codebooks stage and benchmarks need it
 
     return faiss
+
+
+def kmeans_gpus(setting: str | bool) -> int:
+    """How many GPUs FAISS k-means runs on for ``rvq.kmeans.gpu`` = ``setting`` (0: the CPU).
+
+    ``auto``: every GPU FAISS sees (none with the faiss-cpu wheel); ``true``: the same, but none is
+    an error (:class:`ParamsError`, one sentence); ``false``: the CPU.
+    """
+    if setting is False:
+        return 0
+    faiss = import_faiss()
+    gpus = int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
+    if setting == "auto" or gpus > 0:
+        return gpus
+    if not hasattr(faiss, "GpuIndexFlatL2"):
+        raise ParamsError(f"rvq.kmeans.gpu is true but the installed FAISS {faiss.__version__} has no GPU support: install faiss-gpu, or set it auto or false")
+    raise ParamsError("rvq.kmeans.gpu is true but FAISS sees no GPU (CUDA_VISIBLE_DEVICES, driver): run on a GPU machine, or set it auto or false")
 
 
 def fit_residual_codebooks(
@@ -287,3 +306,91 @@ def load_codebooks(path: Path | str) -> tuple[np.ndarray, dict[str, Any]]:
         raise FileNotFoundError(f"{path} does not exist: run the codebooks stage first")
     with np.load(path, allow_pickle=False) as f:
         return f["codebooks"], json.loads(str(f["meta"]))
+
+
+def features_fingerprint(path: Path | str) -> dict[str, Any]:
+    """What codebooks fitted on the features file ``path`` apply to: the encoder that made them
+    (its name, spec — checkpoint or random config, layer — whether pretrained, and the sha256 of
+    its weights, so two random encoders of one config but other seeds differ) and ``dim``, the
+    feature dimension ``D``. Stored in every ``rvq.npz`` (``meta["encoder"]``)."""
+    with RaggedReader(path) as reader:
+        attrs, dim = reader.attrs, int(reader.data.shape[1])
+    spec = attrs.get("spec")
+    return {
+        "encoder": str(attrs.get("encoder")),
+        "spec": json.loads(spec) if isinstance(spec, str) else spec,
+        "pretrained": bool(attrs.get("pretrained")),
+        "weights_sha256": str(attrs.get("weights_sha256")),
+        "dim": dim,
+    }
+
+
+def _mismatch(theirs: dict[str, Any], ours: dict[str, Any]) -> str | None:
+    """The first way two :func:`features_fingerprint` differ, in words; None if they match."""
+    if theirs.get("dim") != ours["dim"]:
+        return f"its codebooks are {theirs.get('dim')}-dimensional but this run's features are {ours['dim']}-dimensional"
+    if theirs.get("encoder") != ours["encoder"]:
+        return f"it was fitted on {theirs.get('encoder')} features, this run encodes with {ours['encoder']}"
+    if bool(theirs.get("pretrained")) != ours["pretrained"]:
+        kinds = {True: "a pretrained", False: "a random"}
+        return f"it was fitted on {kinds[bool(theirs.get('pretrained'))]} encoder's features, this run's encoder is {kinds[ours['pretrained']][2:]}"
+    # the checkpoint's path differs from machine to machine (its weights' sha256 below is what
+    # identifies it), and a pretrained encoder ignores the random config and seed
+    ignored = {"checkpoint"} | ({"random", "seed"} if ours["pretrained"] else set())
+    spec_a, spec_b = theirs.get("spec") or {}, ours["spec"] or {}
+    keys = [k for k in sorted((set(spec_a) | set(spec_b)) - ignored) if spec_a.get(k) != spec_b.get(k)]
+    if keys:
+        k = keys[0]
+        return f"its encoder's {k} is {json.dumps(spec_a.get(k))}, this run's is {json.dumps(spec_b.get(k))}"
+    if theirs.get("weights_sha256") != ours["weights_sha256"]:
+        return f"its encoder weights (sha256 {str(theirs.get('weights_sha256'))[:12]}) are not this run's ({ours['weights_sha256'][:12]})"
+    return None
+
+
+def check_codebooks_file(path: Path | str, fingerprint: dict[str, Any], codebook_size: int, max_layers: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Load an ``rvq.npz`` fitted elsewhere (params ``rvq.codebooks_file``) and check that it
+    applies to this run: fitted on features of the same encoder (:func:`features_fingerprint`:
+    name, spec, weights, dimension), ``codebook_size`` centroids per layer, at least ``max_layers`` layers.
+
+    Returns:
+        (its first ``max_layers`` codebooks ``[max_layers, K, D]`` float32, its fit metadata).
+    Raises:
+        ParamsError: one sentence naming the file and the first mismatch.
+    """
+    where = f"rvq.codebooks_file = {str(path)!r}"
+    if not Path(path).is_file():
+        raise ParamsError(f"{where} does not exist")
+    try:
+        codebooks, meta = load_codebooks(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        raise ParamsError(f"{where} is not a codebook file written by the codebooks stage ({' '.join(str(err).split())})") from None
+    if not meta.get("fit") or codebooks.ndim != 3:
+        raise ParamsError(f"{where} holds no fitted codebooks ({meta.get('reason', 'its encoder type has none')})")
+    if "encoder" not in meta:
+        raise ParamsError(f"{where} carries no encoder fingerprint (written before codebook files recorded one), so it cannot be checked: refit it")
+    problem = _mismatch(meta["encoder"], fingerprint)
+    if problem:
+        raise ParamsError(f"{where} does not fit this run: {problem}")
+    n_layers, size = codebooks.shape[:2]
+    if size != codebook_size:
+        raise ParamsError(f"{where} has {size} centroids per layer but rvq.codebook_size = {codebook_size}: set rvq.codebook_size = {size}")
+    if n_layers < max_layers:
+        raise ParamsError(f"{where} has {n_layers} layers but rvq.max_layers = {max_layers}: set rvq.max_layers (and rvq.layers) <= {n_layers}")
+    # greedy fit: the first max_layers layers are the max_layers-layer fit (module docstring)
+    return codebooks[:max_layers], meta
+
+
+def codebook_summary(target: np.ndarray, codebooks: np.ndarray, fit_sample: np.ndarray | None = None) -> dict[str, Any]:
+    """``metrics/rvq.json``'s measurements: ``relative_error`` and per-layer ``layers``
+    (:func:`quantisation_report`) on ``target`` ``[M, D]`` (a seeded sample of the training
+    split's frames: the same frames whichever codebooks are used, so runs compare directly), and,
+    when the codebooks were fitted on other frames ``fit_sample`` ``[M', D]`` (another corpus),
+    the same on those under ``fit_sample``: how much worse the training split fares than the
+    frames the codebooks were fitted on.
+    """
+    report = quantisation_report(target, codebooks)
+    out: dict[str, Any] = {"target_frames": len(target), "relative_error": report[-1]["relative_error"], "layers": report}
+    if fit_sample is not None:
+        own = quantisation_report(fit_sample, codebooks)
+        out["fit_sample"] = {"frames": len(fit_sample), "relative_error": own[-1]["relative_error"], "layers": own}
+    return out
