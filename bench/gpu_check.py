@@ -3,7 +3,9 @@ and beam search, step timings for the demo-sized and a bart-base-sized captioner
 and the residual k-means fit on the GPU: FAISS GPU when the installed FAISS has GPUs, else a
 line saying so, and a torch CUDA Lloyd with the same init and iterations either way; the codebooks
 stage's own switch (``rvq.kmeans.gpu: true``, all visible GPUs) against FAISS on the CPU on the
-same sample; and the `features` stage with 1 process vs one process per GPU (issue 14).
+same sample; and the `features` stage with 1 process vs one process per GPU (issue 14); and the
+training loop on 1 GPU vs one process per GPU (``train.num_processes``, NCCL under accelerate
+launch; :mod:`bench.bench_ddp`) where 2 or more GPUs are visible, else a line saying why not.
 
     python -m bench.gpu_check        # prints `name: value unit` lines
 """
@@ -116,6 +118,16 @@ def kmeans_lines(m: int = 262144, d: int = 768, layers: int = 4, k: int = 1024, 
     return lines
 
 
+def ddp_lines(max_processes: int = 4) -> list[str]:
+    """Training steps/s on 1 GPU vs one process per GPU (up to ``max_processes``), same global batch."""
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        return [f"gpu_train_ddp: unavailable ({gpus} GPU visible; NCCL runs one process per GPU, so N processes need N GPUs)"]
+    from bench.bench_ddp import compare
+
+    return list(compare("cuda", min(gpus, max_processes), 64, 496, 12))
+
+
 def kmeans_switch_lines(m: int = 131072, d: int = 768, layers: int = 2, k: int = 1024, niter: int = 10) -> list[str]:
     """The codebooks stage's fit with ``rvq.kmeans.gpu: true`` (FAISS on every visible GPU) vs
     ``false`` (FAISS on the CPU), same sample, seed and iterations: time and relative error."""
@@ -138,6 +150,8 @@ def kmeans_switch_lines(m: int = 131072, d: int = 768, layers: int = 2, k: int =
 
 def main() -> None:
     print(f"device: {torch.cuda.get_device_name()} torch {torch.__version__}", flush=True)
+    for line in ddp_lines():
+        print(line, flush=True)
     for line in kmeans_lines():
         print(line, flush=True)
     for line in kmeans_switch_lines():

@@ -21,6 +21,7 @@ BENCHMARKS = (
     "bench.bench_beats",
     "bench.bench_extract",
     "bench.bench_train",
+    "bench.bench_ddp",
     "bench.bench_dvc",
     "bench.bench_evaluate",
 )

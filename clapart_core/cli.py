@@ -406,6 +406,40 @@ def profile(
     typer.echo(f"params.yaml <- {source}; run `dvc repro` (or `dvc exp run`) to apply")
 
 
+@app.command("launch-command")
+def launch_command(
+    nodes: Annotated[int, typer.Option(help="Machines the job runs on.")] = 1,
+    gpus_per_node: Annotated[int, typer.Option(help="Processes per machine: one per GPU (or CPU processes with --cpu).")] = 1,
+    node_rank: Annotated[int, typer.Option(help="Which machine this command is for: 0 is the one at --main-ip.")] = 0,
+    main_ip: Annotated[str | None, typer.Option(help="Address of machine 0 (several machines).")] = None,
+    port: Annotated[int, typer.Option(help="Rendezvous port on machine 0.")] = 29500,
+    phase: Annotated[str | None, typer.Option(help="A fine-tuning phase (the finetune@NAME stage) instead of train.")] = None,
+    cpu: Annotated[bool, typer.Option(help="CPU processes on gloo instead of GPUs.")] = False,
+    slurm: Annotated[bool, typer.Option(help="Print a SLURM batch script for all machines instead (run it with `sbatch --wait`).")] = False,
+) -> None:
+    """Print the command that runs the train stage on NODES x GPUS_PER_NODE processes (README: Several GPUs or machines).
+
+    Run it from the project root on each machine (its own --node-rank), with train.num_processes
+    set to the total in params.yaml, or put the SLURM script's `sbatch --wait` in the stage's cmd.
+    """
+    from clapart_core.captioner import distributed
+    from clapart_core.pipeline.errors import ParamsError
+
+    module = ["stages.train", *(["--phase", phase] if phase else [])]
+    try:
+        if slurm:
+            typer.echo(distributed.slurm_script(module, nodes=nodes, gpus_per_node=gpus_per_node, main_process_port=port), nl=False)
+            return
+        argv, env = distributed.launch_command(
+            module, num_processes=nodes * gpus_per_node, num_machines=nodes, machine_rank=node_rank,
+            main_process_ip=main_ip, main_process_port=port, cpu=cpu,
+        )
+    except ParamsError as exc:
+        _fail(str(exc))
+    typer.echo(f"# train.num_processes: {nodes * gpus_per_node} in params.yaml; machine {node_rank} of {nodes}")
+    typer.echo(distributed.format_command(argv, env))
+
+
 @app.command("rehearsal-corpus")
 def rehearsal_corpus(
     out: Annotated[Path, typer.Argument(help="Root to write (aac-datasets layout; an earlier rehearsal there is replaced).")],

@@ -63,6 +63,15 @@ class Batch:
             labels=None if self.labels is None else self.labels.to(device),
         )
 
+    def select(self, rows: slice) -> Batch:
+        """The rows ``rows`` of the batch (its padding included: each clip is seen as in the whole batch)."""
+        return Batch(
+            codes=self.codes[rows],
+            frame_mask=self.frame_mask[rows],
+            clap=None if self.clap is None else self.clap[rows],
+            labels=None if self.labels is None else self.labels[rows],
+        )
+
 
 def load_examples(tokens_file: Path, manifest: pa.Table, clap_file: Path | None) -> list[CaptionExample]:
     """Examples of one split, in token-file order.

@@ -44,7 +44,9 @@ CHECKPOINT_NAME = "last.pt"
 #: bumped when the checkpoint layout changes; another format is treated like another fingerprint
 FORMAT_VERSION = 2  # 2: selection state + epoch snapshots instead of one in-checkpoint best_state
 #: train keys that change neither the trajectory nor what is logged up to the checkpoint
-TRAJECTORY_FREE_KEYS = frozenset({"resume", "epochs", "checkpoint_every"})
+#: num_processes: the global batch is the same on any number (EnCLAP's split_batches), so a checkpoint
+#: of N processes resumes on M (each rank's dropout stream is in it, see training._restore_rank_rng)
+TRAJECTORY_FREE_KEYS = frozenset({"resume", "epochs", "checkpoint_every", "num_processes"})
 #: modules whose code defines the trajectory: an edit there invalidates a checkpoint
 _CODE_MODULES = ("training.py", "data.py", "model.py", "text.py", "train_state.py", "generate.py")
 

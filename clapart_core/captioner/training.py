@@ -24,6 +24,11 @@ effect). Same seed, same data, same thread count -> identical losses and weights
 Resume: with a ``checkpoint_dir`` the loop writes ``last.pt`` (see :mod:`clapart_core.captioner.train_state`)
 at every epoch end and every ``checkpoint_every`` steps; with ``resume: true`` it continues from
 a matching one, to bitwise the same result as the uninterrupted run.
+
+Several processes (``train.num_processes``, launched by ``accelerate launch``): see
+:mod:`clapart_core.captioner.distributed`. Each step is :func:`_backward_share` instead of
+:func:`backward_batch` on the whole batch; rank 0 alone writes dvclive, checkpoints, epoch
+snapshots and ``out_dir``. With 1 process none of it runs: the loop above is unchanged.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_inverse_sqrt_schedule
 
-from clapart_core.captioner import train_state
+from clapart_core.captioner import distributed, train_state
 from clapart_core.captioner.data import Batch, CaptionExample, build_batch, tokenize_captions
 from clapart_core.captioner.model import IGNORE_INDEX, ClapArtConfig, ClapArtForCaptioning, small_bart_config
 from clapart_core.captioner.model_dir import load_captioner, load_snapshot, save_captioner
@@ -245,6 +250,16 @@ class StepLosses:
     mcm_loss: torch.Tensor
 
 
+def loss_counts(batch: Batch, mcm_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a batch's losses are means over: its caption tokens ``[]`` and its masked entries per codebook ``[N]``.
+
+    ``mcm_mask``: ``[B, T', N]`` bool (``T' >= T``, the batch's frames); padding is never counted.
+    """
+    frames = batch.codes.shape[1]
+    masked = mcm_mask[:, :frames] & batch.frame_mask[:, :, None]
+    return (batch.labels != IGNORE_INDEX).sum(), masked.sum(dim=(0, 1))
+
+
 def backward_batch(
     model: ClapArtForCaptioning,
     batch: Batch,
@@ -252,6 +267,7 @@ def backward_batch(
     micro_batch_size: int,
     device: torch.device,
     autocast: Autocast,
+    counts: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> StepLosses:
     """Forward and backward one training batch, in slices of ``micro_batch_size`` rows if it is larger.
 
@@ -262,8 +278,11 @@ def backward_batch(
     (padding included), so the model sees each clip exactly as in the whole batch. Peak memory
     is that of one slice: a full-size Clotho batch (64 x 1022 encoder positions, bart-base) needs
     ~28 GB of activations in one pass on a CPU (float32), ~3.5 GB per slice of 8.
+
+    ``counts``: :func:`loss_counts` of a larger batch that ``batch`` is one rank's share of
+    (training on several processes); the losses are then this share's part of that batch's.
     """
-    if micro_batch_size >= batch.codes.shape[0]:
+    if counts is None and micro_batch_size >= batch.codes.shape[0]:
         batch = batch.to(device)
         with autocast():
             out = model(batch.codes, batch.frame_mask, batch.clap, labels=batch.labels, mcm_mask=mcm_mask.to(device))
@@ -271,16 +290,12 @@ def backward_batch(
         return StepLosses(out.loss.detach(), out.caption_loss.detach(), out.mcm_loss.detach())
     frames = batch.codes.shape[1]
     masked = mcm_mask[:, :frames] & batch.frame_mask[:, :, None]
-    counts = ((batch.labels != IGNORE_INDEX).sum().to(device), masked.sum(dim=(0, 1)).to(device))
+    caption_count, mcm_count = loss_counts(batch, mcm_mask) if counts is None else counts
+    counts = (caption_count.to(device), mcm_count.to(device))
     totals = [torch.zeros((), device=device) for _ in range(3)]
     for start in range(0, batch.codes.shape[0], micro_batch_size):
         rows = slice(start, start + micro_batch_size)
-        part = Batch(
-            codes=batch.codes[rows],
-            frame_mask=batch.frame_mask[rows],
-            clap=None if batch.clap is None else batch.clap[rows],
-            labels=batch.labels[rows],
-        ).to(device)
+        part = batch.select(rows).to(device)
         with autocast():
             out = model(part.codes, part.frame_mask, part.clap, labels=part.labels, mcm_mask=masked[rows].to(device), loss_counts=counts)
         out.loss.backward()
@@ -350,6 +365,9 @@ class _Run:
     generate: dict[str, Any]  # caption_examples settings of the validation beam search (params generate)
     keep_best: int
     snapshots: train_state.EpochSnapshots  # weights of the kept epochs (beside last.pt, or a temp folder)
+    seed: int = 0
+    #: the processes (train.num_processes); rank 0 alone writes files
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
 
 
 def _empty_window() -> dict[str, float]:
@@ -422,10 +440,19 @@ def _prepare(
     scorer: ValScorer | None,
     generate: Mapping[str, Any] | None,
     snapshot_dir: Path,
+    dist: distributed.Dist,
 ) -> _Run:
-    """Seed the RNGs, build model, tokenizer, optimiser and schedule; fingerprint the run for resuming."""
+    """Seed the RNGs, build model, tokenizer, optimiser and schedule; fingerprint the run for resuming.
+
+    Several processes: every rank builds the same model (same seed); then ranks other than 0
+    reseed the global RNG (:func:`distributed.rank_seed`) so that their dropout masks differ.
+    """
     select_by, select_metric, scorer = _selection(train_params, scorer, val)
     device = torch.device(resolve_device(str(train_params.get("device", "auto"))))
+    fingerprint_device = device  # "cuda", not "cuda:3": a checkpoint resumes on any number of GPUs
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
     use_bf16 = bool(train_params.get("bf16", False)) and device.type == "cuda"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
     torch.manual_seed(seed)  # weight init and dropout (documented global side effect)
@@ -435,6 +462,8 @@ def _prepare(
         "mcm": torch.Generator().manual_seed(seed + 2),
     }
     model, tokenizer, init_digest = _build_model(train, model_params, train_params, init_from)
+    if dist.rank > 0:
+        torch.manual_seed(distributed.rank_seed(seed, dist.rank))
     crop_step = int(model_params.get("freq_patches") or 1)
     where = "model.max_frames" if init_from is None else f"max_frames of the model fine-tuned ({init_from})"
     check_crop_grid(model.config.max_codes, crop_step, where)  # time layout: a whole number of steps by construction
@@ -459,11 +488,12 @@ def _prepare(
     ckpt_path, fingerprint = None, None
     if checkpoint_dir is not None:
         ckpt_path = Path(checkpoint_dir) / train_state.CHECKPOINT_NAME
-        train_state.remove_stale_temps(ckpt_path)
+        if dist.is_main:
+            train_state.remove_stale_temps(ckpt_path)
         fingerprint = train_state.fingerprint(
             model_params=model_params if init_digest is None else {**model_params, "init_weights": init_digest},
             train_params=train_params, seed=seed, train=train, val=val,
-            tokenizer=tokenizer, device=device, threads=threads,
+            tokenizer=tokenizer, device=fingerprint_device, threads=threads,
             selection={"metric": select_metric, "scored": scorer is not None, "generate": dict(generate or {})},
         )
     return _Run(
@@ -475,7 +505,7 @@ def _prepare(
         checkpoint_every=int(train_params.get("checkpoint_every") or 0), crop_step=crop_step, n_params=n_params,
         ckpt_path=ckpt_path, fingerprint=fingerprint, select_metric=select_metric, select_by=select_by, scorer=scorer,
         generate=dict(generate or {}), keep_best=int(train_params.get("keep_best") or 0),
-        snapshots=train_state.EpochSnapshots(snapshot_dir),
+        snapshots=train_state.EpochSnapshots(snapshot_dir), seed=seed, dist=dist,
     )
 
 
@@ -553,6 +583,8 @@ def _restore(run: _Run, ckpt: dict) -> LoopState:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     # last: model construction drew from the global RNG, the checkpoint's state wins
     train_state.restore_rng(ckpt["rng"], run.generators, run.device)
+    if run.dist.world > 1 or "ranks" in ckpt["rng"]:
+        _restore_rank_rng(run, ckpt)
     logger.info("resuming from %s: epoch %d, batch %d, step %d", run.ckpt_path, ckpt["epoch"] + 1, ckpt["batch"], ckpt["step"])
     return LoopState(
         epoch=ckpt["epoch"], batch=ckpt["batch"], step=ckpt["step"],
@@ -562,14 +594,40 @@ def _restore(run: _Run, ckpt: dict) -> LoopState:
     )
 
 
+def _restore_rank_rng(run: _Run, ckpt: dict) -> None:
+    """Each rank's own dropout stream from a checkpoint of several processes (``rng["ranks"]``).
+
+    The shuffle / crop / MCM generators are shared and already restored. Resumed on as many
+    processes as were saved: every rank continues its stream (bitwise the uninterrupted run).
+    On more: the new ranks start a fresh stream (seeded by rank and step); on fewer: the extra
+    streams are dropped. Rank 0's stream is ``rng["torch"]`` either way (1 process continues it).
+    """
+    saved = ckpt["rng"].get("ranks", [])
+    rank = run.dist.rank
+    if rank == 0:
+        return
+    if rank < len(saved):
+        torch.set_rng_state(saved[rank]["torch"])
+        if run.device.type == "cuda" and "cuda" in saved[rank]:
+            torch.cuda.set_rng_state(saved[rank]["cuda"], run.device)
+    else:
+        torch.manual_seed(distributed.rank_seed(run.seed, rank) + int(ckpt["step"]))
+
+
 def _save_checkpoint(run: _Run, state: LoopState, shuffle_state: torch.Tensor) -> None:
-    """Write ``last.pt`` for the loop as it stands at ``state``'s position.
+    """Write ``last.pt`` for the loop as it stands at ``state``'s position (rank 0; every rank must call it).
 
     ``shuffle_state`` is the shuffle generator's state before the current epoch's permutation
-    was drawn, so that a resumed run draws the same order again.
+    was drawn, so that a resumed run draws the same order again. With several processes the
+    checkpoint also holds every rank's dropout RNG (``rng["ranks"]``, gathered to rank 0).
     """
     rng = train_state.capture_rng(run.generators, run.device)
     rng["shuffle"] = shuffle_state
+    if run.dist.world > 1:
+        own = {k: v for k, v in rng.items() if k in ("torch", "cuda")}
+        rng["ranks"] = run.dist.gather({k: v.cpu() for k, v in own.items()})
+    if not run.dist.is_main:
+        return
     train_state.save_checkpoint(
         {
             "fingerprint": run.fingerprint,
@@ -653,12 +711,34 @@ def _optimisation_step(run: _Run, chunk: Sequence[tuple[int, int]]) -> tuple[dic
     # MCM masks are drawn on CPU from their own generator, then moved: device-independent.
     mcm_mask = model.mask_codes(batch.codes, batch.frame_mask, run.generators["mcm"])
     run.optimizer.zero_grad(set_to_none=True)
-    out = backward_batch(model, batch, mcm_mask, run.micro_batch_size, run.device, run.autocast)
+    if run.dist.world == 1:
+        out = backward_batch(model, batch, mcm_mask, run.micro_batch_size, run.device, run.autocast)
+    else:
+        out = _backward_share(run, batch, mcm_mask)
     torch.nn.utils.clip_grad_norm_(model.parameters(), run.grad_clip)
     lr_used = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.scheduler.step()
     return {"loss": out.loss.item(), "caption_loss": out.caption_loss.item(), "mcm_loss": out.mcm_loss.item()}, lr_used
+
+
+def _backward_share(run: _Run, batch: Batch, mcm_mask: torch.Tensor) -> StepLosses:
+    """Several processes: forward/backward this rank's rows of the global ``batch``, then sum the
+    gradients and the losses over the ranks (:mod:`clapart_core.captioner.distributed`).
+
+    The losses are normalised by the *global* batch's counts, so the summed gradients are the
+    1-process gradient up to float rounding (dropout aside); a rank with no rows (a last batch
+    smaller than the number of processes) adds nothing.
+    """
+    rows = run.dist.rows(batch.codes.shape[0])
+    zero = torch.zeros((), device=run.device)
+    out = StepLosses(zero, zero, zero)
+    if rows.stop > rows.start:
+        share = batch.select(rows)
+        out = backward_batch(run.model, share, mcm_mask[rows], run.micro_batch_size, run.device, run.autocast, counts=loss_counts(batch, mcm_mask))
+    run.dist.sum_gradients([p for p in run.model.parameters() if p.requires_grad])
+    total = run.dist.sum(torch.stack([out.loss.float(), out.caption_loss.float(), out.mcm_loss.float()]))
+    return StepLosses(*total.unbind())
 
 
 def _add_to_window(state: LoopState, losses: dict[str, float]) -> None:
@@ -692,14 +772,14 @@ def _validate_and_select(run: _Run, state: LoopState, curves: _Curves, epoch: in
         return
     metrics, seconds = validate(
         run.model, run.tokenizer, run.val, run.val_ids, scorer=run.scorer, generate=run.generate,
-        batch_size=run.batch_size, device=run.device, autocast=run.autocast,
+        batch_size=run.batch_size, device=run.device, autocast=run.autocast, dist=run.dist,
     )
     state.val_history.append({"epoch": epoch, "step": state.step, **metrics})
     state.epoch_seconds.append({"epoch": epoch, "train": train_seconds, **{f"val_{k}": v for k, v in seconds.items()}})
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
     logger.info("epoch %d: val %s (validation %.1f s, of which beam search %.1f s)", epoch, shown, sum(seconds.values()), seconds["decode"])
     curves.log_val(state.step, epoch, metrics)
-    if epoch in kept_epochs(state.val_history, run.select_metric, run.keep_best):
+    if epoch in kept_epochs(state.val_history, run.select_metric, run.keep_best) and run.dist.is_main:
         run.snapshots.save(run.model, epoch)
 
 
@@ -806,16 +886,20 @@ def train_captioner(
     if not train:
         raise ValueError("no training examples")
     threads = int(train_params.get("num_threads") or 0) or (os.cpu_count() or 1)
+    cpu = resolve_device(str(train_params.get("device", "auto"))) == "cpu"
+    dist = distributed.init(int(train_params.get("num_processes") or 1), cpu=cpu)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     selection = (val_scorer, generate_params)
     try:
         if checkpoint_dir is not None:
-            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, checkpoint_dir, init_from, selection)
+            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, checkpoint_dir, init_from, selection, dist)
         with tempfile.TemporaryDirectory(prefix="clapart-epochs-") as snapshots:
-            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, None, init_from, selection, Path(snapshots))
+            # several processes without a checkpoint dir: rank 0 alone writes and reads the snapshots
+            return _train(train, val, model_params, train_params, Path(out_dir), live_dir, seed, threads, None, init_from, selection, dist, Path(snapshots))
     finally:
         torch.set_num_threads(previous_threads)
+        dist.close()
 
 
 def _train(
@@ -830,24 +914,26 @@ def _train(
     checkpoint_dir: Path | None,
     init_from: Path | None,
     selection: tuple[ValScorer | None, Mapping[str, Any] | None],
+    dist: distributed.Dist,
     snapshot_dir: Path | None = None,
 ) -> dict:
     """The body of [`train_captioner`], run with the requested thread count: the loop, top to bottom."""
     snapshot_dir = snapshot_dir if checkpoint_dir is None else Path(checkpoint_dir) / "epochs"
-    run = _prepare(train, val, model_params, train_params, seed, threads, checkpoint_dir, init_from, *selection, snapshot_dir)
+    run = _prepare(train, val, model_params, train_params, seed, threads, checkpoint_dir, init_from, *selection, snapshot_dir, dist)
     ckpt = _checkpoint_to_resume(run, bool(train_params.get("resume")))
     state = _restore(run, ckpt) if ckpt is not None else LoopState()
-    run.snapshots.prune(kept_epochs(state.val_history, run.select_metric, run.keep_best) if state.val_history else [])
+    if dist.is_main:
+        run.snapshots.prune(kept_epochs(state.val_history, run.select_metric, run.keep_best) if state.val_history else [])
     resumed_from, start_epoch, start_batch = state.step, state.epoch, state.batch
     curves = _Curves(
-        live_dir,
+        live_dir if dist.is_main else None,
         resumed_at=state.step if ckpt is not None else None,
         params={"n_parameters": run.n_params, "n_train_pairs": len(run.pairs), "device": str(run.device)},
     )
 
     shuffle = run.generators["shuffle"]
     state.started = time.perf_counter()
-    progress = tqdm(total=run.total_steps, initial=state.step, desc="train captioner", unit="step")
+    progress = tqdm(total=run.total_steps, initial=state.step, desc="train captioner", unit="step", disable=not dist.is_main)
     for epoch in range(start_epoch, run.epochs):
         epoch_started = time.perf_counter()
         epoch_shuffle_state = shuffle.get_state()
@@ -871,13 +957,16 @@ def _train(
         if run.ckpt_path is not None:
             _save_checkpoint(run, state, shuffle.get_state())
         # only now that the checkpoint lists the new kept epochs may the dropped ones go
-        if state.val_history:
+        if state.val_history and dist.is_main:
             run.snapshots.prune(kept_epochs(state.val_history, run.select_metric, run.keep_best))
     progress.close()
     seconds = state.elapsed()
 
     pretrained = bool(model_params.get("pretrained")) or init_from is not None
     summary = _summary(run, state, seconds, pretrained=pretrained, init_from=init_from, seed=seed, resumed_from=resumed_from)
+    summary["num_processes"] = dist.world
+    if not dist.is_main:
+        return summary  # rank 0 writes data/model
     model = run.model.to("cpu").eval()
     if state.val_history:  # the selected epoch's weights, which may be the last epoch's
         best = summary["best_epoch"]

@@ -242,13 +242,22 @@ class Train(Section):
     mcm_span: PositiveInt
     device: Device
     bf16: bool
-    num_threads: Count  # 0: all cores
+    num_threads: Count  # 0: all cores (per process)
+    num_processes: PositiveInt  # >1: data-parallel training under accelerate launch, same global batch_size
     resume: bool
     checkpoint_every: Count  # 0: only at each epoch end
     log_every: PositiveInt | None = None  # optional: steps between logged training losses
     timescale: PositiveInt | None  # inverse-sqrt decay timescale; None: transformers' default, the warm-up
     select_by: Literal["spider", "cider_d", "loss"]  # the epoch data/model holds
     keep_best: Count  # also keep the N best epochs (data/model/epochs/)
+
+    @model_validator(mode="after")
+    def _processes_fit(self) -> Train:
+        if self.num_processes > 1 and self.batch_size < self.num_processes:
+            raise _cross("num_processes", self.num_processes, f"is more than train.batch_size = {self.batch_size}: some processes would never get a row")
+        if self.num_processes > 1 and ":" in self.device:
+            raise _cross("device", self.device, "names one GPU, but train.num_processes > 1 runs one process per GPU: use auto or cuda")
+        return self
 
 
 class Generate(Section):
