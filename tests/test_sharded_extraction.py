@@ -22,7 +22,7 @@ from conftest import ROOT, tiny_project_params
 
 from clapart_core.pipeline.storage import SPLITS
 
-# 4 clips per shard group: the 28 train clips are several groups for each rank
+# 4 clips per shard group: the 14 train clips are several groups for each rank (2 + 2, the last one short)
 ENV = {"HF_HUB_OFFLINE": "1", "CLAPART_SHARD_CLIPS": "4", "OMP_NUM_THREADS": "1"}
 
 
@@ -41,11 +41,11 @@ def _set_processes(project: Path, processes: int) -> None:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny demo project with the corpus decoded (28/6/6 clips of 3 s)."""
+    """A tiny demo project with the corpus decoded (14/3/3 clips of 3 s)."""
     proj = tmp_path_factory.mktemp("shardproj")
     for name in ("clapart_core", "stages"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = tiny_project_params({"data": {"demo": {"n_clips": 40}}, "beats": {"batch_size": 2}, "rvq": {"kmeans": {"max_samples": 2000}}})
+    params = tiny_project_params({"data": {"demo": {"n_clips": 20}}, "beats": {"batch_size": 2}, "clap": {"batch_size": 2}, "rvq": {"kmeans": {"max_samples": 2000}}})
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "configure", "decode"):
         _stage(proj, name, 1)
@@ -67,7 +67,7 @@ def test_two_processes_write_the_same_files_as_one(project: Path) -> None:
         # both ranks computed, and the parent wrote the files from their shards alone
         for rank in (0, 1):
             assert re.search(rf"train: rank {rank} of 2 computed ([1-9]\d*) of its \1 groups", log), log[-3000:]
-        assert re.search(r"train: reused 28 of 28 clips from finished shards, computed 0", log), log[-3000:]
+        assert re.search(r"train: reused 14 of 14 clips from finished shards, computed 0", log), log[-3000:]
     two = _outputs(project)
     assert one.keys() == two.keys()
     for name in one:
@@ -96,6 +96,6 @@ def test_a_killed_two_process_run_resumes(project: Path) -> None:
             proc.wait()
     assert not out.exists()  # DVC would have deleted it; the stage had not reached the assembly
     log = _stage(project, "features", 2)
-    resumed = re.search(r"beats train: resuming with (\d+) of 28 clips done", log)
+    resumed = re.search(r"beats train: resuming with (\d+) of 14 clips done", log)
     assert resumed and int(resumed[1]) >= 8, log[-3000:]
     assert out.read_bytes() == clean
