@@ -45,7 +45,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     proj = tmp_path_factory.mktemp("shardproj")
     for name in ("clapart_core", "stages"):
         shutil.copytree(ROOT / name, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = tiny_project_params({"data": {"demo": {"n_clips": 20}}, "beats": {"batch_size": 2}, "clap": {"batch_size": 2}, "rvq": {"kmeans": {"max_samples": 2000}}})
+    small = {"data": {"demo": {"n_clips": 20}}, "beats": {"batch_size": 2}, "clap": {"batch_size": 2}, "rvq": {"kmeans": {"max_samples": 2000}}}
+    params = tiny_project_params(small)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for name in ("corpus", "configure", "decode"):
         _stage(proj, name, 1)
