@@ -31,7 +31,6 @@ from clapart_core.scoring.metrics import validation_scorer
 GENERATE_KEYS = ("num_beams", "max_length", "no_repeat_ngram_size", "batch_size")
 
 
-
 def main(params: dict[str, Any], ws: Workspace) -> None:
     tokens_meta = read_tokens(ws.tokens / "val.parquet").metadata
     # settings that would fail only after an epoch are refused now, in one line (run_stage)
