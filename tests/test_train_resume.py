@@ -271,8 +271,12 @@ def test_dvc_yaml_lists_every_train_key_that_changes_the_result() -> None:
     listed = {p.removeprefix("train.") for p in stage["params"] if isinstance(p, str) and p.startswith("train.")}
     assert listed == set(params["train"]) - {"resume", "checkpoint_every"}
     assert {"resume", "checkpoint_every"} <= TRAJECTORY_FREE_KEYS
-    outs = {next(iter(o)) if isinstance(o, dict) else o: o for o in stage["outs"]}
-    assert outs["data/checkpoints/train"]["data/checkpoints/train"] == {"persist": True, "cache": False}
+    # the checkpoint folder is no DVC output: one (uncached) that differs from dvc.lock after a resumed
+    # run, or is missing in a `dvc exp run --queue` copy, reruns train with nothing changed
+    for name in ("train", "finetune"):
+        outs = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]
+        outs = outs.get("do", outs)["outs"]
+        assert not any("checkpoints" in (next(iter(o)) if isinstance(o, dict) else o) for o in outs), name
     assert "/data/checkpoints" in (ROOT / ".gitignore").read_text().split()
 
 
